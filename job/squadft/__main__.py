@@ -1,0 +1,3 @@
+from squadft.cli import main
+
+main()

@@ -1,0 +1,337 @@
+"""The one configuration object of a squadft run.
+
+Every knob lives here, once, with its default and help text. The CLI builds its flags from
+these fields, `SQUADFT_<FIELD>` environment variables override the defaults (so Kubernetes
+ConfigMaps and Slurm scripts feed the same object), and the resolved config is written as
+JSON into every run directory with secrets redacted.
+
+Precedence, lowest to highest: field default < preset < environment < command-line flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from squadft.errors import ConfigError
+
+OFFICIAL_SQUAD_BASE_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
+ENV_PREFIX = "SQUADFT_"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RESUME_MODES = ("auto", "never")  # or a path / s3:// uri to one checkpoint
+S3_ADDRESSING_STYLES = ("auto", "path", "virtual")
+
+
+def _opt(default: Any, help: str, group: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, "group": group, **extra})
+
+
+def default_cache_dir() -> str:
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "squadft")
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- data -----------------------------------------------------------------------------
+    source: str = _opt(
+        OFFICIAL_SQUAD_BASE_URL,
+        "Where SQuAD comes from: an https:// base URL, a file:// directory or an "
+        "s3://bucket/prefix holding the train and dev files.",
+        "data",
+    )
+    train_file: str = _opt("train-v2.0.json", "Training file name under --source.", "data")
+    dev_file: str = _opt("dev-v2.0.json", "Evaluation file name under --source.", "data")
+    train_sha256: str | None = _opt(None, "Expected sha256 of the training file.", "data")
+    dev_sha256: str | None = _opt(None, "Expected sha256 of the evaluation file.", "data")
+    cache_dir: str = _opt(
+        default_cache_dir(), "Cache for downloads and tokenized features.", "data"
+    )
+    max_train_samples: int | None = _opt(
+        None, "Use only the first N training questions (debugging, demos).", "data"
+    )
+    max_eval_samples: int | None = _opt(
+        None, "Use only the first N evaluation questions.", "data"
+    )
+    # --- tokenization ---------------------------------------------------------------------
+    max_seq_length: int = _opt(384, "Tokens per window (question + context).", "features")
+    doc_stride: int = _opt(128, "Tokens of overlap between consecutive windows.", "features")
+    max_query_length: int = _opt(
+        64, "Questions longer than this many tokens are truncated.", "features"
+    )
+    # --- model ----------------------------------------------------------------------------
+    model: str = _opt(
+        "distilbert-base-uncased",
+        "Hugging Face hub name or local save_pretrained directory.",
+        "model",
+    )
+    # --- training -------------------------------------------------------------------------
+    output_dir: str = _opt("output", "Run directory: checkpoints, logs, final model.", "train")
+    batch_size: int = _opt(16, "Training windows per device per micro-step.", "train")
+    eval_batch_size: int = _opt(64, "Evaluation windows per device per forward.", "train")
+    grad_accum_steps: int = _opt(1, "Micro-steps accumulated per optimizer step.", "train")
+    learning_rate: float = _opt(3e-5, "Peak AdamW learning rate.", "train")
+    weight_decay: float = _opt(0.01, "AdamW weight decay (not on biases/LayerNorm).", "train")
+    adam_epsilon: float = _opt(1e-8, "AdamW epsilon.", "train")
+    warmup_ratio: float = _opt(0.1, "Fraction of steps with linear warmup.", "train")
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 disables).", "train")
+    epochs: float = _opt(2.0, "Training epochs.", "train")
+    max_steps: int | None = _opt(None, "Optimizer steps; overrides --epochs.", "train")
+    precision: str = _opt(
+        "auto", "fp32, bf16 or fp16; auto = bf16 on GPUs that support it, else fp32.", "train",
+        choices=PRECISIONS,
+    )
+    seed: int = _opt(42, "Random seed (data order, init of the QA head).", "train")
+    length_bucketing: bool = _opt(
+        True, "Batch windows of similar length together (less padding).", "train"
+    )
+    num_workers: int = _opt(2, "DataLoader worker processes per rank.", "train")
+    logging_steps: int = _opt(10, "Log metrics every N optimizer steps.", "train")
+    save_steps: int = _opt(500, "Checkpoint every N optimizer steps (0: only at the end).", "train")
+    save_total_limit: int = _opt(2, "Keep at most N checkpoints (0: keep all).", "train")
+    resume: str = _opt(
+        "auto",
+        "auto: continue from the newest complete checkpoint; never; or a checkpoint path.",
+        "train",
+    )
+    # --- evaluation -----------------------------------------------------------------------
+    do_eval: bool = _opt(True, "Evaluate on the dev data after training.", "eval")
+    n_best: int = _opt(20, "Candidate start/end positions per window.", "eval")
+    max_answer_length: int = _opt(30, "Longest answer span in tokens.", "eval")
+    null_threshold: str = _opt(
+        "auto",
+        "Predict no-answer when null score - best span score > threshold; "
+        "auto = tune it for F1 on the evaluation data.",
+        "eval",
+    )
+    # --- storage --------------------------------------------------------------------------
+    s3_uri: str | None = _opt(
+        None, "s3://bucket/prefix for checkpoints and the final model.", "storage"
+    )
+    s3_endpoint_url: str | None = _opt(
+        None, "S3-compatible endpoint (MinIO, Ceph, R2...); AWS_ENDPOINT_URL also works.",
+        "storage",
+    )
+    s3_region: str | None = _opt(None, "S3 region.", "storage")
+    s3_max_concurrency: int = _opt(8, "Parallel parts per S3 transfer.", "storage")
+    s3_upload_deadline: float = _opt(
+        1800.0, "Seconds an upload may take, retries included, before it fails.", "storage"
+    )
+    s3_addressing_style: str = _opt(
+        "auto", "auto, path or virtual bucket addressing.", "storage",
+        choices=S3_ADDRESSING_STYLES,
+    )
+
+    def __post_init__(self) -> None:
+        problems = list(_validate(self))
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+    # ---------------------------------------------------------------------------------------
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self, redact: bool = True) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if redact:
+            for key, value in data.items():
+                if isinstance(value, str):
+                    data[key] = redact_url(value)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(redact=True), indent=2, sort_keys=True)
+
+    def save(self, directory: str | os.PathLike[str], name: str = "squadft_config.json") -> Path:
+        from squadft.io import atomic_write_text
+
+        path = Path(directory) / name
+        atomic_write_text(path, self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Config:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def resolve(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        preset: str | None = None,
+    ) -> Config:
+        """Defaults < preset < SQUADFT_* environment < explicit overrides (None = not given)."""
+        values: dict[str, Any] = {}
+        if preset:
+            values.update(preset_values(preset))
+        values.update(values_from_env(os.environ if env is None else env))
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+def field_type(f: dataclasses.Field[Any]) -> type:
+    """The scalar type of a config field (str, int, float or bool), Optional unwrapped."""
+    hints = typing.get_type_hints(Config)
+    tp = hints[f.name]
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0]
+    return tp
+
+
+def is_optional(f: dataclasses.Field[Any]) -> bool:
+    tp = typing.get_type_hints(Config)[f.name]
+    return type(None) in typing.get_args(tp)
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_value(f: dataclasses.Field[Any], raw: str, origin: str) -> Any:
+    tp = field_type(f)
+    text = raw.strip()
+    if is_optional(f) and text.lower() in {"", "none", "null"}:
+        return None
+    try:
+        if tp is bool:
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError(raw)
+        return tp(text)
+    except ValueError:
+        raise ConfigError(
+            f"{origin}={raw!r} is not a valid {tp.__name__} for {f.name}"
+        ) from None
+
+
+def values_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for f in fields(Config):
+        name = ENV_PREFIX + f.name.upper()
+        if name in env:
+            values[f.name] = parse_value(f, env[name], name)
+    return values
+
+
+def _bundled_sample(name: str) -> str:
+    from importlib.resources import files
+
+    return str(files("squadft") / "data" / "sample" / name)
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """Named bundles of overrides. `demo` runs offline in a few minutes on 2 CPU cores."""
+    if name == "demo":
+        from squadft.modeling import demo_model_path
+
+        sample_dir = Path(_bundled_sample("ATTRIBUTION.md")).parent
+        return {
+            "source": sample_dir.as_uri(),
+            "train_file": "train-v2.0-first10.json.gz",
+            "dev_file": "dev-v2.0-first12.json.gz",
+            "train_sha256": None,
+            "dev_sha256": None,
+            "model": demo_model_path(),
+            "output_dir": "output/demo",
+            "max_train_samples": 1200,
+            "max_eval_samples": 300,
+            "max_seq_length": 192,
+            "doc_stride": 64,
+            "batch_size": 16,
+            "eval_batch_size": 64,
+            "learning_rate": 1e-4,
+            "warmup_ratio": 0.1,
+            "epochs": 1.0,
+            "num_workers": 0,
+            "logging_steps": 5,
+            "save_steps": 0,
+            "precision": "fp32",
+        }
+    raise ConfigError(f"unknown preset {name!r} (known: demo)")
+
+
+def _validate(cfg: Config) -> typing.Iterator[str]:
+    for f in fields(cfg):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if choices and value not in choices:
+            yield f"{f.name} must be one of {', '.join(choices)} (got {value!r})"
+    positive = ("max_seq_length", "max_query_length", "s3_max_concurrency", "s3_upload_deadline", "batch_size", "eval_batch_size", "grad_accum_steps", "n_best",
+                "max_answer_length", "logging_steps")
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            yield f"{name} must be > 0 (got {getattr(cfg, name)})"
+    non_negative = ("doc_stride", "weight_decay", "warmup_ratio", "max_grad_norm", "num_workers",
+                    "save_steps", "save_total_limit", "adam_epsilon")
+    for name in non_negative:
+        if getattr(cfg, name) < 0:
+            yield f"{name} must be >= 0 (got {getattr(cfg, name)})"
+    if not cfg.learning_rate > 0:
+        yield f"learning_rate must be > 0 (got {cfg.learning_rate})"
+    if cfg.doc_stride >= cfg.max_seq_length:
+        yield f"doc_stride ({cfg.doc_stride}) must be < max_seq_length ({cfg.max_seq_length})"
+    if cfg.warmup_ratio > 1:
+        yield f"warmup_ratio must be <= 1 (got {cfg.warmup_ratio})"
+    if not cfg.epochs > 0:
+        yield f"epochs must be > 0 (got {cfg.epochs})"
+    for name in ("max_steps", "max_train_samples", "max_eval_samples"):
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            yield f"{name} must be > 0 when given (got {value})"
+    if cfg.null_threshold != "auto":
+        try:
+            float(cfg.null_threshold)
+        except ValueError:
+            yield f"null_threshold must be 'auto' or a number (got {cfg.null_threshold!r})"
+    if cfg.s3_uri is not None and not cfg.s3_uri.startswith("s3://"):
+        yield f"s3_uri must start with s3:// (got {redact_url(cfg.s3_uri)!r})"
+    for name in ("train_sha256", "dev_sha256"):
+        value = getattr(cfg, name)
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            yield f"{name} must be 64 hex digits"
+
+
+_SECRET_QUERY_KEYS = re.compile(
+    r"(sig|signature|token|key|secret|password|credential|x-amz-[a-z-]+)", re.IGNORECASE
+)
+
+
+def redact_url(value: str) -> str:
+    """Hide credentials in a URL: user:password@ and secret-looking query parameters."""
+    if "://" not in value:
+        return value
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return value
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pieces = []
+        for piece in query.split("&"):
+            key, sep, _ = piece.partition("=")
+            pieces.append(f"{key}=***" if sep and _SECRET_QUERY_KEYS.search(key) else piece)
+        query = "&".join(pieces)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

