@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import os
 import sys
+import typing
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -76,7 +77,12 @@ def config_command(
     """Register `func(cfg: Config, **own_params)` as a command taking every Config flag."""
 
     def decorate(func: Callable[..., None]) -> Callable[..., None]:
-        own = [p for name, p in inspect.signature(func).parameters.items() if name != "cfg"]
+        hints = typing.get_type_hints(func, include_extras=True)
+        own = [
+            p.replace(annotation=hints[name])
+            for name, p in inspect.signature(func).parameters.items()
+            if name != "cfg"
+        ]
         config_params = _config_parameters(groups)
         config_names = {p.name for p in config_params}
 

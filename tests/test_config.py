@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from squadft.config import OFFICIAL_SQUAD_BASE_URL, Config, redact_url
+from squadft.errors import ConfigError
+
+
+def test_defaults_are_the_real_job() -> None:
+    cfg = Config.resolve(env={})
+    assert cfg.source == OFFICIAL_SQUAD_BASE_URL
+    assert cfg.train_file == "train-v2.0.json" and cfg.dev_file == "dev-v2.0.json"
+    assert cfg.model == "distilbert-base-uncased"
+    assert (cfg.max_seq_length, cfg.doc_stride, cfg.n_best, cfg.max_answer_length) == (384, 128, 20, 30)
+
+
+def test_precedence_default_preset_env_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"SQUADFT_BATCH_SIZE": "7", "SQUADFT_LENGTH_BUCKETING": "false", "SQUADFT_MAX_STEPS": "none"}
+    cfg = Config.resolve({"learning_rate": 1e-3}, env=env, preset="demo")
+    assert cfg.batch_size == 7  # env beats preset (demo says 16)
+    assert cfg.learning_rate == 1e-3  # flag beats preset
+    assert cfg.max_seq_length == 192  # preset beats default
+    assert cfg.length_bucketing is False and cfg.max_steps is None
+    cfg = Config.resolve({"batch_size": 3}, env=env)
+    assert cfg.batch_size == 3  # flag beats env
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"learning_rate": -1.0}, "learning_rate must be > 0"),
+        ({"batch_size": 0}, "batch_size must be > 0"),
+        ({"doc_stride": 384}, "doc_stride (384) must be < max_seq_length (384)"),
+        ({"precision": "fp8"}, "precision must be one of"),
+        ({"null_threshold": "high"}, "null_threshold must be 'auto' or a number"),
+        ({"s3_uri": "http://bucket"}, "s3_uri must start with s3://"),
+        ({"train_sha256": "abc"}, "train_sha256 must be 64 hex digits"),
+    ],
+)
+def test_bad_values_are_one_line_errors(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.resolve(overrides, env={})
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bad_env_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="SQUADFT_EPOCHS='two'"):
+        Config.resolve(env={"SQUADFT_EPOCHS": "two"})
+
+
+def test_saved_config_has_no_secrets(tmp_path) -> None:
+    cfg = Config.resolve(
+        {"source": "https://user:hunter2@example.com/squad/?X-Amz-Signature=deadbeef&v=1",
+         "s3_endpoint_url": "http://key:secret@127.0.0.1:9000"},
+        env={},
+    )
+    path = cfg.save(tmp_path)
+    text = path.read_text()
+    assert "hunter2" not in text and "deadbeef" not in text and "secret" not in text
+    data = json.loads(text)
+    assert data["source"] == "https://***@example.com/squad/?X-Amz-Signature=***&v=1"
+    assert Config.load(path).batch_size == cfg.batch_size
+
+
+def test_redact_url_leaves_plain_values() -> None:
+    assert redact_url("distilbert-base-uncased") == "distilbert-base-uncased"
+    assert redact_url("s3://bucket/prefix") == "s3://bucket/prefix"
