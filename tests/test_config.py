@@ -67,3 +67,16 @@ def test_saved_config_has_no_secrets(tmp_path) -> None:
 def test_redact_url_leaves_plain_values() -> None:
     assert redact_url("distilbert-base-uncased") == "distilbert-base-uncased"
     assert redact_url("s3://bucket/prefix") == "s3://bucket/prefix"
+
+
+def test_readme_configuration_table_is_current() -> None:
+    from pathlib import Path
+
+    from squadft.config import markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("<!-- config-table:start -->") + len("<!-- config-table:start -->")
+    end = readme.index("<!-- config-table:end -->")
+    assert readme[start:end].strip() == markdown_table().strip(), (
+        "README configuration table is stale: regenerate it from squadft.config.markdown_table()"
+    )

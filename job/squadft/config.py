@@ -335,3 +335,18 @@ def redact_url(value: str) -> str:
             pieces.append(f"{key}=***" if sep and _SECRET_QUERY_KEYS.search(key) else piece)
         query = "&".join(pieces)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def markdown_table() -> str:
+    """The configuration table in the README (kept in sync by a test)."""
+    rows = ["| flag | env | default | meaning |", "|---|---|---|---|"]
+    for f in fields(Config):
+        default = f.default
+        if f.name == "cache_dir":
+            default = "$XDG_CACHE_HOME/squadft"
+        shown = "none" if default is None else str(default)
+        flag = "--" + f.name.replace("_", "-")
+        rows.append(
+            f"| `{flag}` | `{ENV_PREFIX}{f.name.upper()}` | `{shown}` | {f.metadata['help']} |"
+        )
+    return "\n".join(rows)
