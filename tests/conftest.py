@@ -21,8 +21,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SAMPLE_DIR = Path(str(files("squadft") / "data" / "sample"))
 TRAIN_SAMPLE = SAMPLE_DIR / "train-v2.0-first10.json.gz"
 DEV_SAMPLE = SAMPLE_DIR / "dev-v2.0-first12.json.gz"
-TRAIN_SAMPLE_SHA256 = "53e67dd96e8597a8ef600e795d54d3fdef18486d42721884d38d652e2a2638cb"
-DEV_SAMPLE_SHA256 = "ddf8393c2f4e3c59e8cb639a04f92e35364eff2331fef8e9a11f9b3eb6c47af0"
+# sha256 of the uncompressed JSON (as in ../shared/squad/README.md), not of the .gz files
+TRAIN_JSON_SHA256 = "53e67dd96e8597a8ef600e795d54d3fdef18486d42721884d38d652e2a2638cb"
+DEV_JSON_SHA256 = "ddf8393c2f4e3c59e8cb639a04f92e35364eff2331fef8e9a11f9b3eb6c47af0"
 
 
 @pytest.fixture(scope="session")

@@ -173,9 +173,169 @@ def demo(cfg: Config) -> None:
 
 
 # --- evaluation commands (evaluate, score, predict) go here ----------------------------------
+
+def _eval_config(**overrides: Any) -> Config:
+    """Defaults < SQUADFT_* environment < the flags given (None = not given)."""
+    return Config.resolve(overrides)
+
+
+ModelDirOption = Annotated[
+    str, typer.Option("--model", help="A save_pretrained directory (model + tokenizer).")
+]
+MaxSeqLengthOption = Annotated[
+    int | None, typer.Option("--max-seq-length", help="Tokens per window [default: 384].")
+]
+DocStrideOption = Annotated[
+    int | None, typer.Option("--doc-stride", help="Overlap between windows [default: 128].")
+]
+NBestOption = Annotated[
+    int | None, typer.Option("--n-best", help="Candidate starts/ends per window [default: 20].")
+]
+MaxAnswerLengthOption = Annotated[
+    int | None,
+    typer.Option("--max-answer-length", help="Longest answer in tokens [default: 30]."),
+]
+BatchSizeOption = Annotated[
+    int | None, typer.Option("--batch-size", help="Windows per forward pass [default: 64].")
+]
+PrecisionOption = Annotated[
+    str | None, typer.Option("--precision", help="auto, fp32, bf16 or fp16 [default: auto].")
+]
+
+
+@app.command(help="Evaluate a saved model on a SQuAD file: write predictions.json, "
+             "na_probs.json, nbest_predictions.json and eval_results.json; print EM/F1.")
+def evaluate(
+    model: ModelDirOption,
+    data: Annotated[str, typer.Option("--data", help="SQuAD .json or .json.gz to score on.")],
+    output_dir: Annotated[
+        str | None,
+        typer.Option("--output-dir", help="Where the outputs go [default: <output_dir>/evaluate]."),
+    ] = None,
+    batch_size: BatchSizeOption = None,
+    n_best: NBestOption = None,
+    max_answer_length: MaxAnswerLengthOption = None,
+    null_threshold: Annotated[
+        str | None,
+        typer.Option("--null-threshold", help="'auto' (tune for F1 on this data; raw and tuned "
+                     "scores are both reported) or a number [default: auto]."),
+    ] = None,
+    max_seq_length: MaxSeqLengthOption = None,
+    doc_stride: DocStrideOption = None,
+    max_eval_samples: Annotated[
+        int | None, typer.Option("--max-eval-samples", help="Only the first N questions.")
+    ] = None,
+    precision: PrecisionOption = None,
+) -> None:
+    with handle_errors():
+        from squadft.evaluate import report
+
+        cfg = _eval_config(
+            eval_batch_size=batch_size, n_best=n_best, max_answer_length=max_answer_length,
+            null_threshold=null_threshold, max_seq_length=max_seq_length, doc_stride=doc_stride,
+            max_eval_samples=max_eval_samples, precision=precision,
+        )
+        target = output_dir or os.path.join(cfg.output_dir, "evaluate")
+        run = report.run_evaluation(cfg, model_dir=model, data_path=data, output_dir=target)
+        if run.is_main:
+            for warning in run.warnings:
+                typer.echo(f"squadft: warning: {warning}", err=True)
+            typer.echo(report.format_metrics(run.metrics))
+            typer.echo(f"outputs in {run.output_dir}")
+
+
+@app.command(help="Score an existing predictions.json against a SQuAD file, like the official "
+             "evaluate-v2.0.py; prints the results as JSON.")
+def score(
+    predictions: Annotated[str, typer.Argument(help="predictions.json: {id: answer text}.")],
+    data: Annotated[str, typer.Option("--data", help="SQuAD .json or .json.gz with the answers.")],
+    na_probs: Annotated[
+        str | None, typer.Option("--na-probs", help="na_probs.json: {id: no-answer probability}.")
+    ] = None,
+    na_prob_thresh: Annotated[
+        float, typer.Option("--na-prob-thresh", help="Predict no answer above this probability.")
+    ] = 1.0,
+) -> None:
+    with handle_errors():
+        import json
+
+        from squadft.evaluate import report
+
+        result = report.score_files(predictions, data, na_probs_path=na_probs,
+                                    na_prob_thresh=na_prob_thresh)
+        for warning in result.warnings:
+            typer.echo(f"squadft: warning: {warning}", err=True)
+        typer.echo(json.dumps(result.metrics, indent=2))
+
+
+@app.command(help="Answer questions with a saved model: one --question/--context pair, or "
+             "--input questions.jsonl ({\"id\", \"question\", \"context\"} per line). Prints "
+             "JSON lines; the answer is \"\" when the model finds no answer.")
+def predict(
+    model: ModelDirOption,
+    question: Annotated[str | None, typer.Option("--question", help="The question.")] = None,
+    context: Annotated[
+        str | None, typer.Option("--context", help="The passage holding the answer.")
+    ] = None,
+    input: Annotated[
+        str | None, typer.Option("--input", help="JSON-lines file of questions (batch mode).")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", help="Write the JSON lines here, not to stdout.")
+    ] = None,
+    null_threshold: Annotated[
+        float, typer.Option("--null-threshold", help="Answer \"\" when null score - best span "
+                            "score exceeds this (e.g. eval_results.json's null_threshold).")
+    ] = 0.0,
+    batch_size: BatchSizeOption = None,
+    n_best: NBestOption = None,
+    max_answer_length: MaxAnswerLengthOption = None,
+    max_seq_length: MaxSeqLengthOption = None,
+    doc_stride: DocStrideOption = None,
+    precision: PrecisionOption = None,
+) -> None:
+    with handle_errors():
+        import json
+
+        from squadft.errors import ConfigError
+        from squadft.evaluate import report
+
+        if (input is None) == (question is None and context is None):
+            raise ConfigError("give either --input FILE or both --question and --context")
+        if input is None and (question is None or context is None):
+            raise ConfigError("--question and --context go together")
+        if input is not None:
+            questions = report.read_questions_jsonl(input)
+        else:
+            questions = [report.Question("question", question or "", context or "")]
+        cfg = _eval_config(
+            eval_batch_size=batch_size, n_best=n_best, max_answer_length=max_answer_length,
+            max_seq_length=max_seq_length, doc_stride=doc_stride, precision=precision,
+        )
+        answers = report.run_prediction(cfg, model_dir=model, questions=questions,
+                                        null_threshold=null_threshold, output_path=output)
+        if output is None:
+            for answer in answers:
+                typer.echo(json.dumps(answer, ensure_ascii=False))
+
 # EVALUATION-COMMANDS-END
 
 # --- storage commands (upload) go here -------------------------------------------------------
+@config_command(
+    groups=("storage",),
+    help="Upload a directory (a checkpoint, final/, any folder) to s3://bucket/prefix: checks "
+    "access first, sha256 per file, verified after upload, manifest.json written last.",
+)
+def upload(
+    cfg: Config,
+    directory: Annotated[str, typer.Argument(help="Local directory to upload.")],
+    destination: Annotated[str, typer.Argument(help="s3://bucket/prefix to upload into.")],
+) -> None:
+    from squadft.storage.s3 import upload_command
+
+    typer.echo(upload_command(cfg, directory, destination))
+
+
 # STORAGE-COMMANDS-END
 
 

@@ -1,17 +1,190 @@
-"""Wires the stages together: pull -> parse -> features -> train -> evaluate -> upload."""
+"""Wires the stages together: pull -> parse -> features -> train -> evaluate (-> upload).
+
+Each public function is one CLI command. Stages stay ignorant of each other; this module is
+where their reports are printed and where the distributed choreography lives (rank 0 pulls and
+tokenizes while the other ranks wait, then everyone reads the same cache).
+"""
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
 from squadft.config import Config
+from squadft.data.features import FeatureReport, Features, load_or_build_features
+from squadft.data.pull import FetchedFile, pull_dataset
+from squadft.data.squad import Example, ParseReport, load_squad
+from squadft.io import atomic_write_json, ensure_writable_dir
+
+EVAL_RESULTS_FILE = "eval_results.json"
 
 
-def pull(cfg: Config) -> None:
-    raise NotImplementedError("pipeline.pull is being wired")
+def say(message: str) -> None:
+    print(f"squadft: {message}", flush=True)
 
 
-def prepare(cfg: Config) -> None:
-    raise NotImplementedError("pipeline.prepare is being wired")
+@dataclass
+class PreparedSplit:
+    split: str
+    file: FetchedFile
+    examples: list[Example]
+    parse_report: ParseReport
+    features: Features
+    feature_report: FeatureReport
+    cache_hit: bool
 
 
-def train(cfg: Config) -> None:
-    raise NotImplementedError("pipeline.train is being wired")
+@dataclass
+class PreparedData:
+    train: PreparedSplit | None
+    dev: PreparedSplit | None
+
+    @property
+    def is_v2(self) -> bool:
+        return any(s.parse_report.is_v2 for s in (self.train, self.dev) if s is not None)
+
+
+def pull(cfg: Config, *, splits: tuple[str, ...] = ("train", "dev"),
+         verbose: bool = True) -> dict[str, FetchedFile]:
+    """Fetch the configured files into the cache; one summary line per split."""
+    fetched = pull_dataset(cfg, splits, progress=verbose)
+    if verbose:
+        for split, item in fetched.items():
+            how = "cached" if item.from_cache else "downloaded"
+            say(f"{split}: {item.path} ({item.size:,} bytes, sha256 {item.sha256}, {how})")
+    return fetched
+
+
+def prepare(cfg: Config, tokenizer: Any = None, *, splits: tuple[str, ...] = ("train", "dev"),
+            verbose: bool = True) -> PreparedData:
+    """Pull, parse and tokenize; features are cached under cfg.cache_dir."""
+    if tokenizer is None:
+        from squadft.modeling import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model)
+    fetched = pull(cfg, splits=splits, verbose=verbose)
+    limits = {"train": cfg.max_train_samples, "dev": cfg.max_eval_samples}
+    prepared: dict[str, PreparedSplit] = {}
+    for split, item in fetched.items():
+        examples, parse_report = load_squad(item.path)
+        limit = limits[split]
+        if limit is not None:
+            examples = examples[:limit]
+        features, feature_report, hit = load_or_build_features(
+            examples, tokenizer, cache_dir=cfg.cache_dir,
+            data_key=f"{item.sha256}:{limit if limit is not None else 'all'}",
+            max_seq_length=cfg.max_seq_length, doc_stride=cfg.doc_stride,
+            max_query_length=cfg.max_query_length,
+        )
+        prepared[split] = PreparedSplit(split, item, examples, parse_report, features,
+                                        feature_report, hit)
+        if verbose:
+            say(f"{split}: {parse_report.summary()}")
+            used = f"first {len(examples)} questions" if limit is not None else "all questions"
+            say(f"{split} features ({used}, {'cache hit' if hit else 'built and cached'}): "
+                f"{feature_report.summary()}")
+    data = PreparedData(prepared.get("train"), prepared.get("dev"))
+    if verbose:
+        say("data is SQuAD 2.0 (detected: unanswerable questions present)" if data.is_v2
+            else "data is SQuAD 1.1 (no unanswerable questions)")
+    return data
+
+
+def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) -> Any:
+    """The whole job: prepare, train (DDP when launched so), save final/, evaluate."""
+    from transformers.utils import logging as transformers_logging
+
+    from squadft.modeling import load_model, load_tokenizer
+    from squadft.train.checkpoint import seed_everything
+    from squadft.train.distributed import barrier, cleanup, setup_distributed
+    from squadft.train.loop import train_model
+
+    transformers_logging.disable_progress_bar()  # "Writing model shards" at every checkpoint
+    ctx = setup_distributed()
+    try:
+        output_dir = Path(cfg.output_dir)
+        if ctx.is_main:
+            ensure_writable_dir(output_dir)  # fail now, not after hours of training
+            cfg.save(output_dir)
+        tokenizer = load_tokenizer(cfg.model)
+        splits = ("train", "dev") if cfg.do_eval else ("train",)
+        # rank 0 downloads and tokenizes; the others then find everything in the cache
+        # (or, without a shared filesystem, build their own copy)
+        data = prepare(cfg, tokenizer, splits=splits, verbose=True) if ctx.is_main else None
+        barrier(ctx)
+        if data is None:
+            data = prepare(cfg, tokenizer, splits=splits, verbose=False)
+        assert data.train is not None
+        seed_everything(cfg.seed)  # the new QA head starts the same on every rank
+        model = load_model(cfg.model)
+        if ctx.is_main:
+            say(f"training {cfg.model} on {len(data.train.features):,} windows, "
+                f"{ctx.world_size} process(es) on {ctx.device.type}, output in {output_dir}")
+        result = train_model(cfg, model, tokenizer, data.train.features, ctx,
+                             on_checkpoint=on_checkpoint, remote_finder=remote_finder)
+        if ctx.is_main:
+            say(f"trained {result.steps} steps ({result.epochs} epochs), final loss "
+                f"{result.final_loss}, {result.tokens_per_second:,.0f} tokens/s; "
+                f"model saved to {result.final_dir}")
+        # final/ is on disk before evaluation starts: an evaluation crash loses no training
+        if cfg.do_eval and data.dev is not None:
+            evaluate(cfg, model, tokenizer, data.dev, ctx, result.precision)
+        return result
+    finally:
+        cleanup(ctx)
+
+
+def evaluate(cfg: Config, model: Any, tokenizer: Any, dev: PreparedSplit, ctx: Any,
+             precision: str) -> dict[str, Any]:
+    """EM/F1 through squadft.evaluate.report when available, else the dev loss."""
+    model.eval()
+    try:
+        from squadft.evaluate.report import evaluate_model, format_metrics
+    except ImportError:  # the evaluation stage is optional for this module
+        evaluate_model = None
+    if evaluate_model is not None:
+        metrics = evaluate_model(model, tokenizer, dev.examples, dev.features, cfg=cfg,
+                                 output_dir=cfg.output_dir, device=ctx.device)
+        if ctx.is_main:
+            for line in format_metrics(metrics).splitlines():
+                say(line)
+        return metrics
+    loss, windows = dev_loss(model, dev.features, ctx, cfg.eval_batch_size, precision,
+                             tokenizer.pad_token_id or 0)
+    results = {"dev_loss": loss, "dev_windows": windows, "dev_examples": len(dev.examples)}
+    if ctx.is_main:
+        atomic_write_json(Path(cfg.output_dir) / EVAL_RESULTS_FILE, results)
+        say(f"dev loss {loss:.4f} over {windows} windows")
+    return results
+
+
+def dev_loss(model: Any, features: Features, ctx: Any, batch_size: int, precision: str,
+             pad_token_id: int = 0) -> tuple[float, int]:
+    """Mean QA loss over all windows; each rank takes every world_size-th window."""
+    import torch
+
+    from squadft.train.batching import collate
+    from squadft.train.distributed import all_reduce_sum
+    from squadft.train.loop import autocast, takes_token_types
+
+    mine = np.arange(ctx.rank, len(features), ctx.world_size)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for begin in range(0, len(mine), batch_size):
+            indices = mine[begin:begin + batch_size]
+            batch = {k: v.to(ctx.device) for k, v in
+                     collate(features, indices, pad_token_id=pad_token_id,
+                             with_token_types=takes_token_types(model)).items()}
+            with autocast(precision, ctx.device):
+                loss = model(**batch).loss
+            total += float(loss) * len(indices)
+            count += len(indices)
+    total, count_all = all_reduce_sum(ctx, [total, float(count)])
+    if not count_all:
+        print("squadft: warning: no dev windows to evaluate", file=sys.stderr)
+        return float("nan"), 0
+    return total / count_all, int(count_all)

@@ -1,0 +1,280 @@
+"""Parse SQuAD v1.1 / v2.0 JSON into typed examples, validating and repairing answer offsets.
+
+The blog script this project replaces had two data bugs fixed here:
+
+* unanswerable SQuAD 2.0 questions were trained on their `plausible_answers` (distractors written
+  by annotators precisely because they are *wrong*); here an impossible question has no answer;
+* an answer whose `answer_start` was off by more than two characters kept a wrong offset; here it
+  is re-found in the context (nearest occurrence) or dropped and counted.
+
+Parsing is a pure function of the decoded JSON (`parse_squad`); `load_squad` is the I/O edge.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from squadft.errors import DataError
+
+GZIP_MAGIC = b"\x1f\x8b"
+# Version strings seen in the official files (v1.1 writes "1.1") and in common redistributions.
+V1_VERSIONS = frozenset({"1.0", "1.1", "v1.0", "v1.1"})
+V2_VERSIONS = frozenset({"2.0", "v2.0"})
+# Tried in this order before searching the whole context (the seed tried -1 and -2 only).
+REPAIR_SHIFTS = (-1, 1, -2, 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    text: str
+    start: int  # character offset into the context; context[start:start + len(text)] == text
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.text)
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    id: str
+    title: str
+    context: str
+    question: str
+    answers: tuple[Answer, ...]  # empty exactly when is_impossible
+    is_impossible: bool
+
+
+@dataclass
+class ParseReport:
+    source: str
+    version: str | None = None
+    is_v2: bool = False
+    articles: int = 0
+    paragraphs: int = 0
+    examples: int = 0  # examples kept
+    impossible: int = 0  # kept examples without an answer
+    answers: int = 0  # answers kept (duplicates included)
+    repaired: int = 0  # repaired_shift + repaired_search
+    repaired_shift: int = 0  # found 1 or 2 characters away from answer_start
+    repaired_search: int = 0  # re-found elsewhere in the context (nearest occurrence)
+    dropped_answers: int = 0  # answer text not in the context at all
+    dropped_examples: int = 0  # answerable questions left without any answer
+    stripped_questions: int = 0  # questions that had leading/trailing whitespace
+
+    def summary(self) -> str:
+        kind = "SQuAD 2.0" if self.is_v2 else "SQuAD 1.x"
+        return (
+            f"{self.source}: {kind} (version {self.version or 'unset'}), "
+            f"{self.articles} articles, {self.paragraphs} paragraphs, "
+            f"{self.examples} examples ({self.impossible} impossible), {self.answers} answers, "
+            f"{self.repaired} repaired ({self.repaired_shift} shifted, "
+            f"{self.repaired_search} re-found), {self.dropped_answers} answers dropped, "
+            f"{self.dropped_examples} examples dropped"
+        )
+
+
+def load_squad(path: str | Path) -> tuple[list[Example], ParseReport]:
+    """Read a SQuAD .json file, gzip-compressed or not (decided by its magic bytes)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if raw[:2] == GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    return parse_squad(data, source=str(path))
+
+
+def parse_squad(data: Any, source: str = "<memory>") -> tuple[list[Example], ParseReport]:
+    """Turn decoded SQuAD JSON into examples; raise DataError naming the first malformed place."""
+    report = ParseReport(source=source)
+    if not isinstance(data, dict):
+        raise DataError(f"{source}: top level must be a JSON object, got {_kind(data)}")
+    version = data.get("version")
+    if version is not None:
+        if not isinstance(version, str):
+            raise DataError(f"{source}: 'version' must be a string, got {_kind(version)}")
+        if version not in V1_VERSIONS | V2_VERSIONS:
+            raise DataError(
+                f"{source}: unknown SQuAD version {version!r} (expected 1.1 or v2.0)"
+            )
+    report.version = version
+    articles = _field(data, "data", list, source, "top level")
+    report.articles = len(articles)
+    # SQuAD 2.0 is recognised from the data, so no flag is needed (and a missing or stale
+    # version string cannot hide unanswerable questions).
+    saw_v2_marker = version in V2_VERSIONS
+
+    examples: list[Example] = []
+    seen_ids: dict[str, str] = {}
+    for article_number, article in enumerate(articles):
+        where_article = f"article {article_number}"
+        if not isinstance(article, dict):
+            raise DataError(f"{source}: {where_article} must be an object, got {_kind(article)}")
+        title = article.get("title", "")
+        if not isinstance(title, str):
+            raise DataError(f"{source}: {where_article}: 'title' must be a string")
+        if title:
+            where_article += f" ({_short(title)})"
+        paragraphs = _field(article, "paragraphs", list, source, where_article)
+        report.paragraphs += len(paragraphs)
+        for paragraph_number, paragraph in enumerate(paragraphs):
+            where_paragraph = f"{where_article} paragraph {paragraph_number}"
+            if not isinstance(paragraph, dict):
+                raise DataError(f"{source}: {where_paragraph} must be an object")
+            context = _field(paragraph, "context", str, source, where_paragraph)
+            questions = _field(paragraph, "qas", list, source, where_paragraph)
+            for question_number, qa in enumerate(questions):
+                where = f"{where_paragraph} question {question_number}"
+                if not isinstance(qa, dict):
+                    raise DataError(f"{source}: {where} must be an object")
+                example_id = _field(qa, "id", str, source, where)
+                where = f"{where_paragraph} question {example_id!r}"
+                if example_id in seen_ids:
+                    raise DataError(f"{source}: {where}: duplicate question id "
+                                    f"(first in {seen_ids[example_id]})")
+                seen_ids[example_id] = where_paragraph
+                example = _parse_question(qa, context, title, example_id, source, where, report)
+                if "is_impossible" in qa or "plausible_answers" in qa:
+                    saw_v2_marker = True
+                if example is not None:
+                    examples.append(example)
+
+    report.is_v2 = saw_v2_marker
+    report.examples = len(examples)
+    report.impossible = sum(example.is_impossible for example in examples)
+    report.answers = sum(len(example.answers) for example in examples)
+    report.repaired = report.repaired_shift + report.repaired_search
+    return examples, report
+
+
+def _parse_question(
+    qa: dict[str, Any], context: str, title: str, example_id: str, source: str, where: str,
+    report: ParseReport,
+) -> Example | None:
+    raw_question = _field(qa, "question", str, source, where)
+    # Some SQuAD questions carry long runs of leading spaces; they only waste question tokens.
+    question = raw_question.strip()
+    if question != raw_question:
+        report.stripped_questions += 1
+    if not question:
+        raise DataError(f"{source}: {where}: empty question")
+    is_impossible = qa.get("is_impossible", False)
+    if not isinstance(is_impossible, bool):
+        raise DataError(
+            f"{source}: {where}: 'is_impossible' must be true or false, got {_kind(is_impossible)}"
+        )
+    if is_impossible:
+        # Never read `answers` or `plausible_answers` here: plausible answers are deliberate
+        # distractors, and training on them teaches the model to answer the unanswerable.
+        return Example(example_id, title, context, question, (), True)
+
+    raw_answers = _field(qa, "answers", list, source, where)
+    answers: list[Answer] = []
+    for answer_number, raw in enumerate(raw_answers):
+        where_answer = f"{where} answer {answer_number}"
+        if not isinstance(raw, dict):
+            raise DataError(f"{source}: {where_answer} must be an object, got {_kind(raw)}")
+        text = _field(raw, "text", str, source, where_answer)
+        start = _field(raw, "answer_start", int, source, where_answer)
+        answer = align_answer(context, text, start, report)
+        if answer is not None:
+            # Every reference answer is kept, duplicates included: the official EM/F1 take the
+            # maximum over them, and duplicates are how the dev set is distributed.
+            answers.append(answer)
+    if not answers:
+        report.dropped_examples += 1
+        return None
+    return Example(example_id, title, context, question, tuple(answers), False)
+
+
+def align_answer(
+    context: str, text: str, start: int, report: ParseReport | None = None
+) -> Answer | None:
+    """Return the answer with a verified offset, or None when `text` is not in `context`.
+
+    Order: the given offset; then 1 and 2 characters either side (annotation tools in SQuAD 1.x
+    shifted some offsets by whitespace or by a character); then the occurrence nearest to the
+    given offset anywhere in the context.
+    """
+    if not text:
+        if report is not None:
+            report.dropped_answers += 1
+        return None
+    if context.startswith(text, start) and start >= 0:
+        return Answer(text, start)
+    for shift in REPAIR_SHIFTS:
+        candidate = start + shift
+        if candidate >= 0 and context.startswith(text, candidate):
+            if report is not None:
+                report.repaired_shift += 1
+            return Answer(text, candidate)
+    nearest = _nearest_occurrence(context, text, start)
+    if nearest is None:
+        if report is not None:
+            report.dropped_answers += 1
+        return None
+    if report is not None:
+        report.repaired_search += 1
+    return Answer(text, nearest)
+
+
+def _nearest_occurrence(context: str, text: str, start: int) -> int | None:
+    best: int | None = None
+    position = context.find(text)
+    while position != -1:
+        if best is None or abs(position - start) < abs(best - start):
+            best = position
+        if position > start:  # later occurrences are only farther away
+            break
+        position = context.find(text, position + 1)
+    return best
+
+
+def _field(obj: dict[str, Any], key: str, kind: type, source: str, where: str) -> Any:
+    if key not in obj:
+        raise DataError(f"{source}: {where}: missing key {key!r}")
+    value = obj[key]
+    # bool is an int subclass: `"answer_start": true` is a type error, not offset 1.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise DataError(
+            f"{source}: {where}: {key!r} must be {_KIND_NAMES[kind]}, got {_kind(value)}"
+        )
+    return value
+
+
+_KIND_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {str: "a string", int: "an integer", float: "a number", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _short(text: str, limit: int = 40) -> str:
+    text = " ".join(text.split())  # keep messages on one line
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,139 @@
+"""Reading and checking checkpoint manifests as storage sees them (remote bytes, local files).
+
+The manifest format is the one in notes/interfaces.md and train/checkpoint.py:
+``{"format": "squadft-checkpoint/1", "step": int, "files": {relpath: {"size", "sha256"}},
+"created": ISO-8601}``. train/checkpoint.py writes manifests into checkpoint directories;
+this module parses manifests that come from a bucket (untrusted: relative paths are checked so
+that a download can never write outside its directory) and hashes files for uploads of
+directories that have no manifest of their own (``squadft upload DIR``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "squadft-checkpoint/1"
+CHECKPOINT_DIR_PATTERN = re.compile(r"checkpoint-(\d+)")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class ManifestError(ValueError):
+    """The bytes are not a squadft manifest (callers turn this into their own error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    step: int
+    files: dict[str, ManifestEntry]
+    created: str
+    raw: bytes  # the exact bytes, so a download writes back the manifest it verified against
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(entry.size for entry in self.files.values())
+
+
+def parse_manifest(raw: bytes) -> Manifest:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"not JSON ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise ManifestError(f"format is not {MANIFEST_FORMAT}")
+    step = data.get("step")
+    files = data.get("files")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ManifestError("step is not a non-negative integer")
+    if not isinstance(files, dict):
+        raise ManifestError("files is not an object")
+    entries: dict[str, ManifestEntry] = {}
+    for relpath, entry in files.items():
+        check_relpath(relpath)
+        if not isinstance(entry, dict):
+            raise ManifestError(f"entry for {relpath!r} is not an object")
+        size, digest = entry.get("size"), entry.get("sha256")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ManifestError(f"size of {relpath!r} is not a non-negative integer")
+        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+            raise ManifestError(f"sha256 of {relpath!r} is not 64 lowercase hex digits")
+        entries[relpath] = ManifestEntry(size=size, sha256=digest)
+    return Manifest(step=step, files=entries, created=str(data.get("created", "")), raw=raw)
+
+
+def check_relpath(relpath: object) -> str:
+    """A manifest path must stay inside its directory: relative, no '..', POSIX separators."""
+    if not isinstance(relpath, str) or not relpath or "\\" in relpath or "\x00" in relpath:
+        raise ManifestError(f"unsafe file name {relpath!r}")
+    path = PurePosixPath(relpath)
+    if path.is_absolute() or any(part in ("..", ".", "") for part in relpath.split("/")):
+        raise ManifestError(f"unsafe file name {relpath!r}")
+    if relpath == MANIFEST_NAME:
+        raise ManifestError("the manifest lists itself")
+    return relpath
+
+
+def step_from_dir_name(name: str) -> int | None:
+    match = CHECKPOINT_DIR_PATTERN.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True, slots=True)
+class FileDigest:
+    """sha256 of a whole file plus the sha256 of each fixed-size part (S3 composite checksums)."""
+
+    size: int
+    sha256: str
+    part_digests: tuple[bytes, ...]
+
+
+def hash_file(path: str | os.PathLike[str], part_size: int | None = None) -> FileDigest:
+    """One read of the file gives its sha256 and, when part_size is given, the per-part
+    digests that S3 combines into a multipart upload's composite ChecksumSHA256."""
+    whole = hashlib.sha256()
+    parts: list[bytes] = []
+    size = 0
+    block = part_size or (8 << 20)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            whole.update(chunk)
+            size += len(chunk)
+            if part_size:
+                parts.append(hashlib.sha256(chunk).digest())
+    return FileDigest(size=size, sha256=whole.hexdigest(), part_digests=tuple(parts))
+
+
+def local_files(directory: Path) -> list[str]:
+    """Relative POSIX paths of the regular files under `directory`, manifest and the
+    temp files of interrupted atomic writes (".name.xxxx.tmp") left out."""
+    found = []
+    for path in sorted(directory.rglob("*")):
+        if not path.is_file() or path.is_symlink():
+            continue
+        relpath = path.relative_to(directory).as_posix()
+        if relpath == MANIFEST_NAME or (path.name.startswith(".") and path.name.endswith(".tmp")):
+            continue
+        found.append(relpath)
+    return found
+
+
+def build_manifest_bytes(step: int, files: dict[str, ManifestEntry]) -> bytes:
+    data = {
+        "format": MANIFEST_FORMAT,
+        "step": step,
+        "files": {rel: {"size": e.size, "sha256": e.sha256} for rel, e in sorted(files.items())},
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")

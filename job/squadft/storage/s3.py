@@ -1,0 +1,858 @@
+"""S3-compatible object storage: one client factory, one-line errors, verified transfers.
+
+Works with AWS S3 and S3-compatible servers (MinIO, Ceph RGW, Cloudflare R2, SeaweedFS).
+
+- Credentials come only from boto3's own chain (environment, shared files, profiles, IAM role /
+  IRSA web identity). Nothing here reads, prints or stores a secret; error messages are built
+  from error codes (never from request dumps) and scrubbed of credential values.
+- Transfers use boto3's managed transfer (s3transfer): multipart above a threshold with parts
+  sent concurrently; memory stays bounded by roughly ``max_concurrency x chunk size`` because
+  parts are read from the file when sent. Each request is retried by botocore (``standard`` or
+  ``adaptive`` mode); files whose transfer still fails are retried once more as a whole, and the
+  whole directory upload has a deadline.
+- Integrity: every file is hashed (sha256, size) before upload; objects are sent with
+  ``ChecksumAlgorithm=SHA256`` so a server that supports checksums rejects a corrupted body;
+  after the upload every object is HEADed (size; ChecksumSHA256 where the server returns one,
+  composite "-N" values included); ``manifest.json`` goes up LAST, so a prefix without it is
+  incomplete and never used. Downloads are checked against the manifest's sha256.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from squadft.config import redact_url
+from squadft.errors import (
+    ChecksumError,
+    ConfigError,
+    DataError,
+    DownloadError,
+    SquadftError,
+    StorageError,
+)
+from squadft.io import fsync_dir
+from squadft.storage.manifest import (
+    MANIFEST_NAME,
+    FileDigest,
+    Manifest,
+    ManifestEntry,
+    ManifestError,
+    build_manifest_bytes,
+    hash_file,
+    local_files,
+    parse_manifest,
+    step_from_dir_name,
+)
+
+if TYPE_CHECKING:
+    from squadft.config import Config
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+RETRY_MODES = ("standard", "adaptive")
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]", re.IGNORECASE)
+
+
+# --- locations -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class S3Location:
+    """A bucket and a key prefix without leading or trailing slashes ('' = bucket root)."""
+
+    bucket: str
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Location:
+        if not isinstance(uri, str) or not uri.startswith("s3://"):
+            raise ConfigError(f"not an s3:// URI: {redact_url(str(uri))!r}")
+        bucket, _, prefix = uri[len("s3://"):].partition("/")
+        if "@" in bucket or "?" in uri or "#" in uri:
+            raise ConfigError(
+                f"malformed S3 URI {redact_url(uri)!r}: expected s3://bucket/prefix "
+                "(credentials go in the environment, never in the URI)"
+            )
+        if not _BUCKET_NAME.fullmatch(bucket):
+            raise ConfigError(f"malformed S3 URI {uri!r}: bad bucket name {bucket!r}")
+        prefix = prefix.strip("/")
+        if "//" in prefix:
+            raise ConfigError(f"malformed S3 URI {uri!r}: empty path segment")
+        return cls(bucket=bucket, prefix=prefix)
+
+    def key(self, relpath: str) -> str:
+        return f"{self.prefix}/{relpath}" if self.prefix else relpath
+
+    def child(self, name: str) -> S3Location:
+        return S3Location(self.bucket, self.key(name.strip("/")))
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def object_uri(self, relpath: str) -> str:
+        return f"s3://{self.bucket}/{self.key(relpath)}"
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+# --- settings and client -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Everything that shapes S3 traffic. `from_config` reads the Config's s3_* fields; fields the
+    Config does not (yet) have keep these defaults."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: str = "auto"
+    retry_mode: str = "standard"
+    max_attempts: int = 5  # per request, first try included
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_concurrency: int = 8
+    multipart_threshold: int = 64 * MiB
+    multipart_chunksize: int = 16 * MiB
+    deadline: float = 1800.0  # seconds for one directory upload or download, retries included
+    send_checksums: bool = True  # ChecksumAlgorithm=SHA256 on uploads (off for old servers)
+
+    def __post_init__(self) -> None:
+        if self.retry_mode not in RETRY_MODES:
+            raise ConfigError(f"S3 retry mode must be one of {', '.join(RETRY_MODES)}")
+        if self.addressing_style not in ("auto", "path", "virtual"):
+            raise ConfigError("S3 addressing style must be auto, path or virtual")
+        if self.max_attempts < 1 or self.max_concurrency < 1 or self.deadline <= 0:
+            raise ConfigError("S3 max attempts, concurrency and deadline must be positive")
+
+    @classmethod
+    def from_config(cls, cfg: Config, **overrides: Any) -> S3Settings:
+        defaults = cls()
+        values = {
+            "endpoint_url": cfg.s3_endpoint_url,
+            "region": cfg.s3_region,
+            "addressing_style": cfg.s3_addressing_style,
+            "max_concurrency": cfg.s3_max_concurrency,
+            "deadline": float(cfg.s3_upload_deadline),
+            "retry_mode": getattr(cfg, "s3_retry_mode", defaults.retry_mode),
+            "max_attempts": getattr(cfg, "s3_max_attempts", defaults.max_attempts),
+            "connect_timeout": getattr(cfg, "s3_connect_timeout", defaults.connect_timeout),
+            "read_timeout": getattr(cfg, "s3_read_timeout", defaults.read_timeout),
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def resolved_endpoint(self) -> str | None:
+        """The explicit endpoint, else the one boto3 itself would take from the environment."""
+        return (
+            self.endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or None
+        )
+
+    def transfer_config(self) -> Any:
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(
+            multipart_threshold=self.multipart_threshold,
+            multipart_chunksize=self.multipart_chunksize,
+            max_concurrency=self.max_concurrency,
+            use_threads=True,
+            # classic s3transfer: predictable part sizes (composite checksum check) everywhere
+            preferred_transfer_client="classic",
+        )
+
+
+def make_client(settings: S3Settings) -> Any:
+    """A boto3 S3 client; credentials resolved lazily by boto3's default chain."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    endpoint = settings.resolved_endpoint()
+    style = settings.addressing_style
+    if style == "auto" and endpoint:
+        # MinIO, Ceph, SeaweedFS and IP endpoints serve path-style; virtual-hosted needs a
+        # wildcard DNS record most self-hosted setups lack. Say --s3-addressing-style virtual
+        # to force it.
+        style = "path"
+    session = boto3.session.Session(region_name=settings.region)
+    region = session.region_name
+    if region is None and endpoint:
+        region = "us-east-1"  # SigV4 needs a region; S3-compatible servers accept this one
+    config = BotoConfig(
+        region_name=region,
+        retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        max_pool_connections=max(10, settings.max_concurrency * 2),
+        s3={"addressing_style": style},
+        user_agent_extra="squadft",
+    )
+    try:
+        return session.client("s3", endpoint_url=endpoint, config=config)
+    except ValueError as exc:  # botocore rejects malformed endpoint URLs with ValueError
+        raise ConfigError(f"invalid S3 endpoint URL {redact_url(str(endpoint))!r}: {exc}") from None
+
+
+def client_for(cfg: Config) -> tuple[Any, S3Settings]:
+    settings = S3Settings.from_config(cfg)
+    return make_client(settings), settings
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+_CLIENT_ERROR_CAUSES = {
+    "InvalidAccessKeyId": "invalid access key",
+    "SignatureDoesNotMatch": "secret key does not match the access key (signature mismatch)",
+    "AccessDenied": "access denied",
+    "AllAccessDisabled": "access denied",
+    "ExpiredToken": "credentials expired",
+    "TokenRefreshRequired": "credentials expired",
+    "InvalidToken": "invalid session token",
+    "NoSuchBucket": "bucket not found",
+    "NoSuchKey": "object not found",
+    "InvalidBucketName": "invalid bucket name",
+    "BadDigest": "checksum mismatch in transit",
+    "InvalidDigest": "checksum mismatch in transit",
+    "XAmzContentSHA256Mismatch": "checksum mismatch in transit",
+    "EntityTooSmall": "multipart part too small for this server",
+    "QuotaExceeded": "storage quota exceeded",
+}
+
+
+def _secret_values() -> list[str]:
+    names = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+             "AWS_ACCESS_KEY_ID")
+    return [value for name in names if len(value := os.environ.get(name, "")) >= 4]
+
+
+def scrub(text: str) -> str:
+    """One line, URLs redacted, any credential value from the environment masked."""
+    line = " ".join(str(text).split())
+    line = re.sub(r"[a-z][a-z0-9+.-]*://\S+", lambda m: redact_url(m.group(0)), line)
+    for secret in _secret_values():
+        line = line.replace(secret, "***")
+    return line[:300]
+
+
+def describe_cause(exc: BaseException, *, missing: str = "object not found",
+                   endpoint: str | None = None) -> str:
+    """A short cause for a botocore/s3transfer exception, safe to print."""
+    from botocore import exceptions as bx
+
+    if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
+        return ("no usable S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                "AWS_PROFILE, or a web identity token)")
+    if isinstance(exc, bx.CredentialRetrievalError | bx.TokenRetrievalError):
+        return "credentials could not be retrieved from the configured provider"
+    if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError):
+        return f"endpoint unreachable ({redact_url(endpoint or 'default AWS endpoint')})"
+    if isinstance(exc, bx.ReadTimeoutError):
+        return "read timed out (after retries)"
+    if isinstance(exc, bx.ConnectionClosedError | bx.ConnectionError):
+        return "connection dropped (after retries)"
+    if isinstance(exc, bx.ClientError):
+        error = exc.response.get("Error", {})
+        meta = exc.response.get("ResponseMetadata", {})
+        code = str(error.get("Code", ""))
+        status = meta.get("HTTPStatusCode")
+        if code in _CLIENT_ERROR_CAUSES:
+            return _CLIENT_ERROR_CAUSES[code]
+        if code in ("404", "NotFound") or status == 404:
+            return missing
+        if code in ("403", "Forbidden") or status == 403:
+            return "access denied (wrong credentials or missing permission)"
+        if isinstance(status, int) and status >= 500 or code in ("SlowDown", "InternalError"):
+            attempts = int(meta.get("RetryAttempts", 0)) + 1
+            return f"server error {status} {code} after {attempts} attempts".replace("  ", " ")
+        message = scrub(str(error.get("Message", "")))
+        return f"{code or status}: {message}" if message else str(code or status)
+    try:
+        from s3transfer.exceptions import RetriesExceededError
+
+        if isinstance(exc, RetriesExceededError):
+            return "connection dropped repeatedly (after retries)"
+    except ImportError:  # pragma: no cover - s3transfer ships with boto3
+        pass
+    if isinstance(exc, OSError):
+        return scrub(exc.strerror or str(exc))
+    return scrub(f"{type(exc).__name__}: {exc}")
+
+
+def storage_error(exc: BaseException, action: str, target: str, *,
+                  missing: str = "object not found", endpoint: str | None = None,
+                  kind: type[SquadftError] = StorageError) -> SquadftError:
+    cause = describe_cause(exc, missing=missing, endpoint=endpoint)
+    return kind(f"cannot {action} {target}: {cause}")
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    """Errors a repeat cannot fix (credentials, permissions, missing bucket)."""
+    from botocore import exceptions as bx
+
+    if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
+        return True
+    if isinstance(exc, bx.ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return 400 <= int(status) < 500 and status not in (408, 429)
+    return False
+
+
+def _endpoint_of(client: Any) -> str:
+    return str(getattr(client.meta, "endpoint_url", "") or "")
+
+
+# --- start-up check ------------------------------------------------------------------------------
+
+def check_access(client: Any, location: S3Location) -> None:
+    """Prove at start-up (before hours of training) that the bucket exists and is writable:
+    HEAD the bucket, then put and delete a small probe object under the prefix."""
+    endpoint = _endpoint_of(client)
+    try:
+        client.head_bucket(Bucket=location.bucket)
+    except Exception as exc:
+        raise storage_error(exc, "access", f"s3://{location.bucket}", missing="bucket not found",
+                            endpoint=endpoint) from None
+    probe = location.key(f".squadft-write-probe-{os.getpid()}-{time.time_ns()}")
+    try:
+        client.put_object(Bucket=location.bucket, Key=probe, Body=b"probe")
+        client.delete_object(Bucket=location.bucket, Key=probe)
+    except Exception as exc:
+        raise storage_error(exc, "write to", location.uri, missing="bucket not found",
+                            endpoint=endpoint) from None
+
+
+# --- upload --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class UploadedFile:
+    relpath: str
+    key: str
+    size: int
+    sha256: str
+    multipart: bool
+    checksum_verified: bool  # the server's ChecksumSHA256 matched (else: size only)
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    location: S3Location
+    step: int
+    files: tuple[UploadedFile, ...]
+    seconds: float
+    attempts: int  # rounds over the file set (1 = every file went up on the first round)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def summary(self) -> str:
+        rate = self.bytes / MiB / self.seconds if self.seconds > 0 else float("inf")
+        checked = sum(f.checksum_verified for f in self.files)
+        return (f"uploaded {len(self.files)} files ({self.bytes / MiB:.1f} MiB) to "
+                f"{self.location.uri} in {self.seconds:.1f}s ({rate:.1f} MiB/s); sizes verified, "
+                f"server sha256 verified for {checked}/{len(self.files)}; manifest written last")
+
+
+@dataclass
+class _PlannedFile:
+    relpath: str
+    path: Path
+    digest: FileDigest
+    part_size: int | None  # set when s3transfer will use multipart for this file
+
+
+def _multipart_part_size(settings: S3Settings, size: int) -> int | None:
+    if size < settings.multipart_threshold:
+        return None
+    from s3transfer.utils import ChunksizeAdjuster
+
+    return int(ChunksizeAdjuster().adjust_chunksize(settings.multipart_chunksize, size))
+
+
+def _plan_upload(directory: Path, settings: S3Settings) -> tuple[list[_PlannedFile], int, bytes]:
+    """Hash every file once; keep (or build) the manifest that lists them."""
+    manifest_path = directory / MANIFEST_NAME
+    local_manifest: Manifest | None = None
+    if manifest_path.exists():
+        try:
+            local_manifest = parse_manifest(manifest_path.read_bytes())
+        except (OSError, ManifestError) as exc:
+            raise StorageError(f"cannot upload {directory}: bad {MANIFEST_NAME} ({exc})") from None
+        relpaths = sorted(local_manifest.files)
+        extra = set(local_files(directory)) - set(relpaths)
+        if extra:
+            log.warning("%s: %d files not in %s are not uploaded", directory, len(extra),
+                        MANIFEST_NAME)
+    else:
+        relpaths = local_files(directory)
+    planned = []
+    for relpath in relpaths:
+        path = directory / relpath
+        try:
+            size = path.stat().st_size
+            part_size = _multipart_part_size(settings, size)
+            digest = hash_file(path, part_size)
+        except OSError as exc:
+            raise StorageError(f"cannot upload {directory}: cannot read {relpath} "
+                               f"({exc.strerror or exc})") from None
+        if local_manifest is not None:
+            expected = local_manifest.files[relpath]
+            if (digest.size, digest.sha256) != (expected.size, expected.sha256):
+                raise StorageError(f"cannot upload {directory}: local {relpath} does not match "
+                                   f"its {MANIFEST_NAME} (corrupt checkpoint)")
+        planned.append(_PlannedFile(relpath, path, digest, part_size))
+    if local_manifest is not None:
+        return planned, local_manifest.step, local_manifest.raw
+    step = step_from_dir_name(directory.name) or 0
+    entries = {p.relpath: ManifestEntry(p.digest.size, p.digest.sha256) for p in planned}
+    return planned, step, build_manifest_bytes(step, entries)
+
+
+def _expected_checksum(digest: FileDigest, part_size: int | None) -> str:
+    if part_size is None:
+        return base64.b64encode(bytes.fromhex(digest.sha256)).decode()
+    combined = hashlib.sha256(b"".join(digest.part_digests)).digest()
+    return f"{base64.b64encode(combined).decode()}-{len(digest.part_digests)}"
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.end
+
+
+class _DeadlineReached(Exception):
+    pass
+
+
+def _completion_counter() -> Any:
+    from s3transfer.subscribers import BaseSubscriber
+
+    class CompletionCounter(BaseSubscriber):  # type: ignore[misc]
+        """Counts finished transfers: s3transfer futures have no result(timeout)."""
+
+        def __init__(self) -> None:
+            self.done = 0
+            self.condition = threading.Condition()
+
+        def on_done(self, future: Any, **kwargs: Any) -> None:
+            with self.condition:
+                self.done += 1
+                self.condition.notify_all()
+
+        def wait_for(self, count: int, timeout: float) -> bool:
+            with self.condition:
+                return self.condition.wait_for(lambda: self.done >= count, timeout=timeout)
+
+    return CompletionCounter()
+
+
+def _run_transfers(manager: Any, submit: Callable[[Any, list[Any]], Any], items: list[Any],
+                   deadline: _Deadline) -> dict[int, BaseException]:
+    """Submit every item and wait; return failures by index. At the deadline cancel all and
+    raise _DeadlineReached (in-flight requests end within the read timeout)."""
+    counter = _completion_counter()
+    futures = [submit(item, [counter]) for item in items]
+    if not counter.wait_for(len(futures), deadline.remaining()):
+        manager.shutdown(cancel=True, cancel_msg="deadline reached")
+        raise _DeadlineReached
+    failures: dict[int, BaseException] = {}
+    for index, future in enumerate(futures):
+        try:
+            future.result()
+        except Exception as exc:
+            failures[index] = exc
+    return failures
+
+
+def upload_directory(
+    directory: str | os.PathLike[str],
+    location: S3Location,
+    *,
+    client: Any,
+    settings: S3Settings,
+) -> UploadResult:
+    """Upload every file of `directory` to `location/<relpath>`, verify, then `manifest.json`.
+
+    If the directory has a manifest.json (a checkpoint), the files it lists are checked against it
+    before upload and exactly its bytes are uploaded; otherwise a manifest is built from the
+    files' sha256. Until the manifest is written the prefix is incomplete; any manifest already
+    at the prefix is deleted first, so a re-upload never looks complete with mixed contents.
+    Raises StorageError (one line) on failure; local files are never modified.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise StorageError(f"cannot upload {directory}: not a directory")
+    deadline = _Deadline(settings.deadline)
+    started = time.monotonic()
+    endpoint = _endpoint_of(client)
+    planned, step, manifest_bytes = _plan_upload(directory, settings)
+    manifest_key = location.key(MANIFEST_NAME)
+    try:
+        client.delete_object(Bucket=location.bucket, Key=manifest_key)
+    except Exception as exc:
+        raise storage_error(exc, "upload to", location.uri, missing="bucket not found",
+                            endpoint=endpoint) from None
+
+    from boto3.s3.transfer import create_transfer_manager
+
+    extra_args = {"ChecksumAlgorithm": "SHA256"} if settings.send_checksums else {}
+    remaining = list(planned)
+    rounds = 0
+    with create_transfer_manager(client, settings.transfer_config()) as manager:
+        # botocore already retries each request; a second round re-sends whole files whose
+        # transfer still failed (e.g. a multipart upload aborted after its part retries ran out)
+        for rounds in range(1, 3):
+            try:
+                failures = _run_transfers(
+                    manager,
+                    lambda p, subscribers: manager.upload(
+                        str(p.path), location.bucket, location.key(p.relpath),
+                        extra_args=dict(extra_args), subscribers=subscribers),
+                    remaining, deadline,
+                )
+            except _DeadlineReached:
+                raise StorageError(
+                    f"cannot upload {directory} to {location.uri}: deadline of "
+                    f"{settings.deadline:.0f}s reached; no manifest written"
+                ) from None
+            if not failures:
+                break
+            first = next(iter(failures.values()))
+            failed = [remaining[i] for i in sorted(failures)]
+            if rounds == 2 or deadline.expired() or any(map(_is_permanent, failures.values())):
+                target = location.object_uri(failed[0].relpath)
+                cause = describe_cause(first, endpoint=endpoint, missing="bucket not found")
+                raise StorageError(
+                    f"cannot upload {target}: {cause}"
+                    f" ({len(failed)} of {len(planned)} files failed; no manifest written)"
+                )
+            log.warning("retrying %d files of %s after: %s", len(failed), location.uri,
+                        describe_cause(first, endpoint=endpoint))
+            remaining = failed
+
+    uploaded = [_verify_object(client, location, p, endpoint) for p in planned]
+    try:
+        client.put_object(Bucket=location.bucket, Key=manifest_key, Body=manifest_bytes,
+                          ContentType="application/json")
+        head = client.head_object(Bucket=location.bucket, Key=manifest_key)
+    except Exception as exc:
+        raise storage_error(exc, "upload", location.object_uri(MANIFEST_NAME),
+                            endpoint=endpoint) from None
+    if head.get("ContentLength") != len(manifest_bytes):
+        raise StorageError(f"cannot upload {location.object_uri(MANIFEST_NAME)}: size differs "
+                           "after upload")
+    return UploadResult(location, step, tuple(uploaded), time.monotonic() - started, rounds)
+
+
+def _verify_object(client: Any, location: S3Location, planned: _PlannedFile,
+                   endpoint: str) -> UploadedFile:
+    key = location.key(planned.relpath)
+    target = f"s3://{location.bucket}/{key}"
+    try:
+        head = client.head_object(Bucket=location.bucket, Key=key, ChecksumMode="ENABLED")
+    except Exception as exc:
+        raise storage_error(exc, "verify", target, endpoint=endpoint) from None
+    if head.get("ContentLength") != planned.digest.size:
+        raise StorageError(f"cannot verify {target}: {head.get('ContentLength')} bytes in the "
+                           f"bucket, {planned.digest.size} locally")
+    remote = head.get("ChecksumSHA256")
+    verified = False
+    if remote:
+        expected = _expected_checksum(planned.digest, planned.part_size)
+        # A server may report a full-object checksum for multipart uploads; compare what it gave.
+        if "-" not in remote:
+            expected = _expected_checksum(planned.digest, None)
+        if remote != expected:
+            raise StorageError(f"cannot verify {target}: sha256 in the bucket differs from the "
+                               "local file")
+        verified = True
+    return UploadedFile(planned.relpath, key, planned.digest.size, planned.digest.sha256,
+                        planned.part_size is not None, verified)
+
+
+# --- download ------------------------------------------------------------------------------------
+
+def read_manifest(client: Any, location: S3Location) -> Manifest | None:
+    """The manifest at `location`, or None when there is none (or it is not ours)."""
+    key = location.key(MANIFEST_NAME)
+    try:
+        body = client.get_object(Bucket=location.bucket, Key=key)["Body"].read()
+    except Exception as exc:
+        if _is_not_found(exc):
+            return None
+        raise storage_error(exc, "read", location.object_uri(MANIFEST_NAME),
+                            endpoint=_endpoint_of(client)) from None
+    try:
+        return parse_manifest(body)
+    except ManifestError as exc:
+        log.warning("ignoring %s: %s", location.object_uri(MANIFEST_NAME), exc)
+        return None
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return False
+    code = exc.response.get("Error", {}).get("Code")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("NoSuchKey", "404", "NotFound") or status == 404
+
+
+def list_keys(client: Any, location: S3Location) -> dict[str, int]:
+    """Every key under `location/` with its size."""
+    prefix = location.key("")
+    sizes: dict[str, int] = {}
+    try:
+        paginator = client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=location.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                sizes[item["Key"]] = int(item["Size"])
+    except Exception as exc:
+        raise storage_error(exc, "list", location.uri, missing="bucket not found",
+                            endpoint=_endpoint_of(client)) from None
+    return sizes
+
+
+def missing_objects(manifest: Manifest, location: S3Location,
+                    sizes: Mapping[str, int]) -> list[str]:
+    """Files of the manifest that are absent from the listing or have another size."""
+    return [rel for rel, entry in manifest.files.items()
+            if sizes.get(location.key(rel)) != entry.size]
+
+
+def download_files(
+    client: Any,
+    location: S3Location,
+    files: Mapping[str, ManifestEntry],
+    destination: Path,
+    settings: S3Settings,
+) -> None:
+    """Download `files` (relpath -> expected size/sha256) into `destination` and verify each."""
+    from boto3.s3.transfer import create_transfer_manager
+
+    endpoint = _endpoint_of(client)
+    deadline = _Deadline(settings.deadline)
+    items = sorted(files.items())
+    for relpath, _ in items:
+        (destination / relpath).parent.mkdir(parents=True, exist_ok=True)
+    with create_transfer_manager(client, settings.transfer_config()) as manager:
+        try:
+            failures = _run_transfers(
+                manager,
+                lambda item, subscribers: manager.download(
+                    location.bucket, location.key(item[0]), str(destination / item[0]),
+                    subscribers=subscribers),
+                items, deadline,
+            )
+        except _DeadlineReached:
+            raise StorageError(f"cannot download {location.uri}: deadline of "
+                               f"{settings.deadline:.0f}s reached") from None
+    if failures:
+        index, exc = next(iter(failures.items()))
+        raise storage_error(exc, "download", location.object_uri(items[index][0]),
+                            endpoint=endpoint) from None
+    for relpath, entry in items:
+        digest = hash_file(destination / relpath)
+        if (digest.size, digest.sha256) != (entry.size, entry.sha256):
+            raise ChecksumError(f"downloaded {location.object_uri(relpath)} does not match its "
+                                f"manifest (size {digest.size} vs {entry.size}, or sha256)")
+
+
+def download_directory(client: Any, location: S3Location, destination: str | os.PathLike[str],
+                       settings: S3Settings, manifest: Manifest | None = None) -> Path:
+    """Download the complete prefix `location` into `destination` atomically: files go to a
+    temp directory beside it, are verified against the manifest, the manifest is written last,
+    then the temp directory is renamed into place (an existing incomplete one is replaced)."""
+    destination = Path(destination)
+    manifest = manifest or read_manifest(client, location)
+    if manifest is None:
+        raise StorageError(f"cannot download {location.uri}: no {MANIFEST_NAME} "
+                           "(incomplete upload)")
+    missing = missing_objects(manifest, location, list_keys(client, location))
+    if missing:
+        raise StorageError(f"cannot download {location.uri}: {len(missing)} files of the "
+                           f"manifest are missing, e.g. {missing[0]}")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.download-",
+                                    dir=destination.parent))
+    try:
+        download_files(client, location, manifest.files, staging, settings)
+        with open(staging / MANIFEST_NAME, "wb") as handle:
+            handle.write(manifest.raw)
+            handle.flush()
+            os.fsync(handle.fileno())
+        fsync_dir(staging)
+        if destination.exists():
+            stale = Path(tempfile.mkdtemp(prefix=f".{destination.name}.stale-",
+                                          dir=destination.parent))
+            os.replace(destination, stale / destination.name)
+            shutil.rmtree(stale, ignore_errors=True)
+        os.replace(staging, destination)
+        fsync_dir(destination.parent)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise StorageError(f"cannot write {destination}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return destination
+
+
+# --- squadft pull --source s3://... --------------------------------------------------------------
+
+class S3Source:
+    """`Source` for data/pull.py: files under s3://bucket/prefix.
+
+    Integrity: the size must match the object's; a full-object ChecksumSHA256 from the server
+    and, when the prefix has a manifest.json (e.g. written by `squadft upload`), its sha256 must
+    match too. A partial `dest` from an earlier try is not resumed; the file is fetched again
+    (s3transfer already retries dropped streams internally).
+    """
+
+    def __init__(self, uri: str, cfg: Config | None = None, *, client: Any = None,
+                 settings: S3Settings | None = None) -> None:
+        self.location = S3Location.parse(uri)
+        if settings is None:
+            settings = S3Settings.from_config(cfg if cfg is not None else _config_from_env())
+        self.settings = settings
+        self.client = client if client is not None else make_client(settings)
+        self._manifest: Manifest | None | bool = False  # False: not read yet
+
+    def describe(self, name: str) -> str:
+        return self.location.object_uri(name)
+
+    def _manifest_entry(self, name: str) -> ManifestEntry | None:
+        if self._manifest is False:
+            try:
+                self._manifest = read_manifest(self.client, self.location)
+            except StorageError:
+                self._manifest = None
+        manifest = self._manifest
+        return manifest.files.get(name) if isinstance(manifest, Manifest) else None
+
+    def download(self, name: str, dest: Path, *, progress: bool = False) -> None:
+        target = self.describe(name)
+        key = self.location.key(name)
+        endpoint = _endpoint_of(self.client)
+        try:
+            head = self.client.head_object(Bucket=self.location.bucket, Key=key,
+                                           ChecksumMode="ENABLED")
+        except Exception as exc:
+            raise _source_error(exc, target, endpoint) from None
+        size = int(head["ContentLength"])
+        from boto3.s3.transfer import create_transfer_manager
+
+        subscribers = [_progress_subscriber(name, size)] if progress else []
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        deadline = _Deadline(self.settings.deadline)
+        with create_transfer_manager(self.client, self.settings.transfer_config()) as manager:
+            try:
+                failures = _run_transfers(
+                    manager,
+                    lambda _, extra: manager.download(self.location.bucket, key, str(dest),
+                                                      subscribers=subscribers + extra),
+                    [name], deadline,
+                )
+            except _DeadlineReached:
+                raise DownloadError(f"cannot download {target}: deadline of "
+                                    f"{self.settings.deadline:.0f}s reached") from None
+        if failures:
+            raise _source_error(failures[0], target, endpoint) from None
+        digest = hash_file(dest)
+        if digest.size != size:
+            raise ChecksumError(f"downloaded {target} has {digest.size} bytes, expected {size}")
+        remote = head.get("ChecksumSHA256")
+        if remote and "-" not in remote and remote != _expected_checksum(digest, None):
+            raise ChecksumError(f"downloaded {target}: sha256 differs from the server's checksum")
+        entry = self._manifest_entry(name)
+        if entry is not None and (entry.size, entry.sha256) != (digest.size, digest.sha256):
+            raise ChecksumError(f"downloaded {target} does not match {MANIFEST_NAME}")
+
+
+def _config_from_env() -> Config:
+    """open_source() passes only the URI: take the s3_* settings from SQUADFT_* variables."""
+    from squadft.config import Config
+
+    return Config.resolve()
+
+
+def _source_error(exc: BaseException, target: str, endpoint: str) -> SquadftError:
+    from botocore import exceptions as bx
+
+    if _is_not_found(exc):
+        return DataError(f"cannot download {target}: object not found")
+    network = (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError,
+               bx.ConnectionClosedError)
+    kind = DownloadError if isinstance(exc, network) or (
+        isinstance(exc, bx.ClientError) and not _is_permanent(exc)) else StorageError
+    return storage_error(exc, "download", target, endpoint=endpoint, kind=kind)
+
+
+def _progress_subscriber(name: str, size: int) -> Any:
+    from s3transfer.subscribers import BaseSubscriber
+    from tqdm import tqdm
+
+    class ProgressBar(BaseSubscriber):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.bar = tqdm(total=size, unit="B", unit_scale=True, desc=name)
+
+        def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+            self.bar.update(bytes_transferred)
+
+        def on_done(self, future: Any, **kwargs: Any) -> None:
+            self.bar.close()
+
+    return ProgressBar()
+
+
+# --- squadft upload DIR s3://... -----------------------------------------------------------------
+
+def upload_command(cfg: Config, directory: str | os.PathLike[str], destination: str) -> str:
+    """`squadft upload`: check access, upload with the same guarantees as checkpoints; returns
+    the one-line summary to print."""
+    location = S3Location.parse(destination)
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(f"{directory} is not a directory")
+    client, settings = client_for(cfg)
+    check_access(client, location)
+    return upload_directory(directory, location, client=client, settings=settings).summary()
+
+
+def delete_keys(client: Any, bucket: str, keys: Iterable[str]) -> None:
+    keys = list(keys)
+    for start in range(0, len(keys), 1000):
+        batch = [{"Key": key} for key in keys[start:start + 1000]]
+        try:
+            response = client.delete_objects(Bucket=bucket, Delete={"Objects": batch,
+                                                                    "Quiet": True})
+        except Exception as exc:
+            raise storage_error(exc, "delete from", f"s3://{bucket}",
+                                endpoint=_endpoint_of(client)) from None
+        errors = response.get("Errors") or []
+        if errors:
+            raise StorageError(f"cannot delete s3://{bucket}/{errors[0].get('Key')}: "
+                               f"{errors[0].get('Code')}")

@@ -1,0 +1,343 @@
+"""Checkpoints that survive crashes: written to a temp dir, manifest last, renamed into place.
+
+Layout of `<output_dir>/checkpoint-<step>/` (shared with squadft.storage.s3):
+model.safetensors + config.json (save_pretrained), tokenizer files, optimizer.pt,
+scheduler.pt, scaler.pt (fp16 only), rng_state_<rank>.pt for every rank, trainer_state.json,
+squadft_config.json and, written LAST, manifest.json listing every file's size and sha256.
+A directory without a manifest, or whose files do not match it, is incomplete and never used.
+Only rank 0 writes: the other ranks send it their RNG states.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from squadft.config import Config
+from squadft.errors import ConfigError, StorageError
+from squadft.io import atomic_write_json, fsync_dir, sha256_file
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "squadft-checkpoint/1"
+TRAINER_STATE = "trainer_state.json"
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+RemoteFinder = Callable[[str], Path | None]
+"""Resolves `--resume` remotely: called with "auto" when no local checkpoint is complete, or
+with a non-local spec (s3://...); returns a complete local checkpoint directory or None."""
+
+
+def warn(message: str) -> None:
+    print(f"squadft: warning: {message}", file=sys.stderr, flush=True)
+
+
+# --- manifest ------------------------------------------------------------------------------
+
+def write_manifest(directory: str | os.PathLike[str], step: int) -> Path:
+    """List every file under `directory` (size, sha256) in manifest.json; call it LAST."""
+    directory = Path(directory)
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        relpath = path.relative_to(directory).as_posix()
+        if relpath == MANIFEST:
+            continue
+        files[relpath] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "step": int(step),
+        "files": files,
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    atomic_write_json(directory / MANIFEST, manifest)
+    return directory / MANIFEST
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((Path(directory) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return None
+    if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("step"), int):
+        return None
+    return manifest
+
+
+def manifest_problem(directory: str | os.PathLike[str]) -> str | None:
+    """Why `directory` is not a complete checkpoint, or None when every file matches."""
+    directory = Path(directory)
+    if not (directory / MANIFEST).is_file():
+        return "no manifest.json (incomplete)"
+    manifest = read_manifest(directory)
+    if manifest is None:
+        return "unreadable manifest.json"
+    for relpath, expected in manifest["files"].items():
+        path = directory / relpath
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{relpath} is missing"
+        if size != expected.get("size"):
+            return f"{relpath} has {size} bytes, manifest says {expected.get('size')}"
+        if sha256_file(path) != expected.get("sha256"):
+            return f"{relpath} does not match its sha256"
+    return None
+
+
+def verify_manifest(directory: str | os.PathLike[str]) -> bool:
+    return manifest_problem(directory) is None
+
+
+def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
+    match = CHECKPOINT_PATTERN.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """checkpoint-<step> directories, newest first (complete or not)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
+    return sorted(found, key=lambda p: checkpoint_step(p) or 0, reverse=True)
+
+
+def find_latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest complete checkpoint; incomplete or corrupt ones are skipped with a warning."""
+    for path in list_checkpoints(output_dir):
+        problem = manifest_problem(path)
+        if problem is None:
+            return path
+        warn(f"skipping checkpoint {path}: {problem}")
+    return None
+
+
+def resolve_resume(
+    resume: str, output_dir: str | os.PathLike[str], remote_finder: RemoteFinder | None = None
+) -> Path | None:
+    """--resume: "never", "auto" (newest complete local, else remote) or one checkpoint."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        local = find_latest_checkpoint(output_dir)
+        if local is not None or remote_finder is None:
+            return local
+        return remote_finder("auto")
+    if "://" in resume and not resume.startswith("file://"):
+        if remote_finder is None:
+            raise ConfigError(f"--resume {resume}: no remote storage configured for this scheme")
+        found = remote_finder(resume)
+        if found is None:
+            raise ConfigError(f"--resume {resume}: no complete checkpoint there")
+        return found
+    path = Path(resume.removeprefix("file://")).expanduser()
+    problem = "does not exist" if not path.is_dir() else manifest_problem(path)
+    if problem:
+        raise ConfigError(f"--resume {path}: {problem}")
+    return path
+
+
+# --- trainer state and RNG -----------------------------------------------------------------
+
+@dataclass
+class TrainerState:
+    """Where training stands; `epoch`/`position` is the next batch the sampler yields."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0
+    total_steps: int = 0
+    world_size: int = 1
+    batch_size: int = 0
+    grad_accum_steps: int = 1
+    loss_history: list[tuple[int, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainerState:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["loss_history"] = [tuple(x) for x in known.get("loss_history", [])]
+        return cls(**known)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) generator states, as tensors/primitives only."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(np.array(keys)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --- writing -------------------------------------------------------------------------------
+
+def _replace_directory(tmp: Path, target: Path) -> None:
+    """Move the finished `tmp` over `target` (which may hold an older or corrupt copy)."""
+    trash = None
+    if target.exists():
+        trash = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, trash)
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _fresh_temp_dir(output_dir: Path, name: str) -> Path:
+    tmp = output_dir / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def save_pretrained_dir(directory: Path, model: Any, tokenizer: Any, cfg: Config) -> None:
+    model.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    cfg.save(directory)
+
+
+def save_checkpoint(
+    output_dir: str | os.PathLike[str],
+    *,
+    model: Any,
+    tokenizer: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler | None,
+    state: TrainerState,
+    cfg: Config,
+    rng_states: list[dict[str, Any]],
+) -> Path:
+    """Write checkpoint-<step>/ atomically (rank 0 only); returns its path."""
+    output_dir = Path(output_dir)
+    name = f"checkpoint-{state.step}"
+    try:
+        tmp = _fresh_temp_dir(output_dir, name)
+        save_pretrained_dir(tmp, model, tokenizer, cfg)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if scaler is not None and scaler.is_enabled():
+            torch.save(scaler.state_dict(), tmp / "scaler.pt")
+        for rank, rng in enumerate(rng_states):
+            torch.save(rng, tmp / f"rng_state_{rank}.pt")
+        atomic_write_json(tmp / TRAINER_STATE, state.to_dict())
+        write_manifest(tmp, state.step)
+        target = output_dir / name
+        _replace_directory(tmp, target)
+    except OSError as exc:
+        raise StorageError(f"cannot write checkpoint {output_dir / name}: {exc.strerror}") from None
+    return target
+
+
+def save_final(output_dir: str | os.PathLike[str], model: Any, tokenizer: Any, cfg: Config,
+               step: int) -> Path:
+    """final/: a plain save_pretrained model + tokenizer + squadft_config.json, manifest last."""
+    output_dir = Path(output_dir)
+    try:
+        tmp = _fresh_temp_dir(output_dir, "final")
+        save_pretrained_dir(tmp, model, tokenizer, cfg)
+        write_manifest(tmp, step)
+        _replace_directory(tmp, output_dir / "final")
+    except OSError as exc:
+        raise StorageError(f"cannot write {output_dir / 'final'}: {exc.strerror}") from None
+    return output_dir / "final"
+
+
+def rotate_checkpoints(output_dir: str | os.PathLike[str], keep: int) -> list[Path]:
+    """Delete all but the newest `keep` complete checkpoints (0 keeps all); returns deleted."""
+    if keep <= 0:
+        return []
+    complete = [p for p in list_checkpoints(output_dir) if (p / MANIFEST).is_file()]
+    deleted = []
+    for path in complete[keep:]:
+        # drop the manifest first: a half-deleted directory must never look complete
+        (path / MANIFEST).unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
+        deleted.append(path)
+    return deleted
+
+
+# --- reading -------------------------------------------------------------------------------
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    state: TrainerState
+    model_state: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any] | None
+    rng_states: dict[int, dict[str, Any]]
+
+
+def load_model_state(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(load_file(directory / shard))
+        return state
+    return load_file(directory / "model.safetensors")
+
+
+def load_checkpoint(directory: str | os.PathLike[str]) -> LoadedCheckpoint:
+    directory = Path(directory)
+
+    def load(name: str) -> Any:
+        return torch.load(directory / name, map_location="cpu", weights_only=True)
+
+    try:
+        state = TrainerState.from_dict(json.loads((directory / TRAINER_STATE).read_text()))
+        rng_states = {}
+        for path in directory.glob("rng_state_*.pt"):
+            rng_states[int(path.stem.rsplit("_", 1)[1])] = load(path.name)
+        return LoadedCheckpoint(
+            path=directory,
+            state=state,
+            model_state=load_model_state(directory),
+            optimizer=load("optimizer.pt"),
+            scheduler=load("scheduler.pt"),
+            scaler=load("scaler.pt") if (directory / "scaler.pt").is_file() else None,
+            rng_states=rng_states,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise StorageError(f"cannot read checkpoint {directory}: {exc}") from None

@@ -1,0 +1,216 @@
+"""Process-group set-up from torchrun's or Slurm's environment, and small collective helpers.
+
+torchrun (single or multi-node) exports RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and
+MASTER_PORT. `srun python -m squadft train` without torchrun gives only Slurm's variables;
+we translate them (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, the first host of
+SLURM_JOB_NODELIST, a port derived from SLURM_JOB_ID) so both launch styles work.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from squadft.errors import ConfigError
+
+DEFAULT_MASTER_PORT = 29500
+
+
+@dataclass(frozen=True)
+class LaunchInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    master_addr: str | None
+    master_port: int | None
+    launcher: str  # "torchrun", "slurm" or "single"
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    backend: str | None  # None when not distributed
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for char in text:
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        depth += char == "["
+        depth -= char == "]"
+        current += char
+    parts.append(current)
+    return [p for p in parts if p]
+
+
+def _expand_ranges(spec: str) -> list[str]:
+    values = []
+    for piece in spec.split(","):
+        low, _, high = piece.partition("-")
+        if not high:
+            values.append(low)
+            continue
+        width = len(low)
+        values.extend(str(n).zfill(width) for n in range(int(low), int(high) + 1))
+    return values
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Slurm hostlist syntax: 'gpu[01-03,07],cpu5' -> gpu01, gpu02, gpu03, gpu07, cpu5."""
+    hosts = []
+    for item in _split_top_level(nodelist.strip()):
+        names = [""]
+        for literal, ranges in re.findall(r"([^\[\]]*)(?:\[([^\]]*)\])?", item):
+            names = [n + literal for n in names]
+            if ranges:
+                names = [n + value for n in names for value in _expand_ranges(ranges)]
+        hosts.extend(names)
+    if not hosts:
+        raise ConfigError(f"cannot parse SLURM_JOB_NODELIST {nodelist!r}")
+    return hosts
+
+
+def first_host(nodelist: str) -> str:
+    return expand_nodelist(nodelist)[0]
+
+
+def _int_env(env: Mapping[str, str], name: str) -> int:
+    try:
+        return int(env[name])
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={env[name]!r} is not an integer") from None
+
+
+def detect_launch(env: Mapping[str, str] | None = None) -> LaunchInfo:
+    """Who launched us: torchrun (RANK/WORLD_SIZE), srun without torchrun, or nothing."""
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        port = env.get("MASTER_PORT")
+        return LaunchInfo(
+            rank=_int_env(env, "RANK"),
+            local_rank=_int_env(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
+            world_size=_int_env(env, "WORLD_SIZE"),
+            master_addr=env.get("MASTER_ADDR"),
+            master_port=int(port) if port else None,
+            launcher="torchrun",
+        )
+    # SLURM_STEP_ID is set by srun only; a plain `python` in an sbatch script must not wait
+    # for SLURM_NTASKS peers that were never started.
+    if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
+        tasks_var = "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in env else "SLURM_NTASKS"
+        world_size = _int_env(env, tasks_var) if tasks_var in env else 1
+        if world_size > 1:
+            if "MASTER_PORT" in env:
+                port = _int_env(env, "MASTER_PORT")
+            elif "SLURM_JOB_ID" in env:
+                # one port per job, so two jobs sharing a node do not collide
+                port = 10000 + _int_env(env, "SLURM_JOB_ID") % 20000
+            else:
+                port = DEFAULT_MASTER_PORT
+            nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
+            if not env.get("MASTER_ADDR") and not nodelist:
+                raise ConfigError("srun launch without SLURM_JOB_NODELIST or MASTER_ADDR")
+            return LaunchInfo(
+                rank=_int_env(env, "SLURM_PROCID"),
+                local_rank=_int_env(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
+                world_size=world_size,
+                master_addr=env.get("MASTER_ADDR") or first_host(nodelist or ""),
+                master_port=port,
+                launcher="slurm",
+            )
+    return LaunchInfo(0, 0, 1, None, None, "single")
+
+
+def setup_distributed(env: Mapping[str, str] | None = None) -> DistributedContext:
+    """Initialise the process group (NCCL on CUDA, gloo on CPU) when launched with >1 process."""
+    info = detect_launch(env)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        device = torch.device("cuda", info.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if info.world_size == 1:
+        return DistributedContext(0, 0, 1, device, None)
+    backend = "nccl" if cuda else "gloo"
+    if not dist.is_initialized():
+        if info.launcher == "slurm":
+            os.environ.setdefault("MASTER_ADDR", str(info.master_addr))
+            os.environ.setdefault("MASTER_PORT", str(info.master_port))
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",
+            rank=info.rank,
+            world_size=info.world_size,
+            timeout=timedelta(minutes=30),  # rank 0 may tokenize the dataset while others wait
+            **({"device_id": device} if cuda else {}),
+        )
+    return DistributedContext(info.rank, info.local_rank, info.world_size, device, backend)
+
+
+def cleanup(ctx: DistributedContext) -> None:
+    if ctx.is_distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistributedContext) -> None:
+    if ctx.is_distributed:
+        if ctx.backend == "nccl":
+            dist.barrier(device_ids=[ctx.device.index])
+        else:
+            dist.barrier()
+
+
+def any_rank(ctx: DistributedContext, flag: bool) -> bool:
+    """True on every rank if `flag` is true on at least one (e.g. a preemption signal)."""
+    if not ctx.is_distributed:
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
+
+
+def all_reduce_sum(ctx: DistributedContext, values: list[float]) -> list[float]:
+    if not ctx.is_distributed:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def gather_to_main(ctx: DistributedContext, obj: Any) -> list[Any] | None:
+    """Every rank's `obj` as a list on rank 0 (None elsewhere)."""
+    if not ctx.is_distributed:
+        return [obj]
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered if ctx.is_main else None
+
+
+def broadcast_from_main(ctx: DistributedContext, obj: Any) -> Any:
+    if not ctx.is_distributed:
+        return obj
+    box = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

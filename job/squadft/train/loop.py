@@ -1,0 +1,409 @@
+"""The training loop: one function, top to bottom, in the spirit of nanoGPT's train.py.
+
+Reading order: precision and seeds, data order (BatchSampler), optimizer and schedule,
+resume, DDP wrap, then the loop: accumulate micro-batches, clip, step, log, checkpoint,
+stop on preemption. Checkpoints and distributed helpers live in their own modules.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from squadft.config import Config
+from squadft.errors import EXIT_PREEMPTED, ConfigError, OutOfMemory, Preempted
+from squadft.io import atomic_write_json, atomic_write_text
+from squadft.train.batching import BatchDataset, BatchSampler, batch_summary
+from squadft.train.checkpoint import (
+    RemoteFinder,
+    TrainerState,
+    load_checkpoint,
+    resolve_resume,
+    rng_state,
+    rotate_checkpoints,
+    save_checkpoint,
+    save_final,
+    seed_everything,
+    set_rng_state,
+    warn,
+)
+from squadft.train.distributed import (
+    DistributedContext,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    broadcast_from_main,
+    gather_to_main,
+)
+from squadft.train.schedule import make_scheduler, warmup_steps_for
+
+METRICS_FILE = "metrics.jsonl"
+TRAIN_RESULTS_FILE = "train_results.json"
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+OnCheckpoint = Callable[[Path], None]
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs: float
+    final_loss: float | None
+    runtime_s: float
+    tokens_per_second: float
+    samples_per_second: float
+    precision: str
+    world_size: int
+    global_batch_size: int
+    resumed_from: str | None
+    final_dir: str | None
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> bf16 on GPUs that support it, else fp32."""
+    cuda = device.type == "cuda"
+    if precision == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ConfigError("--precision bf16: this GPU does not support bfloat16; use fp16")
+    return precision
+
+
+def autocast(precision: str, device: torch.device) -> Any:
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def takes_token_types(model: torch.nn.Module) -> bool:
+    """DistilBERT and RoBERTa-style models have no segment embeddings to feed."""
+    return "token_type_ids" in inspect.signature(model.forward).parameters
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> Any:
+    # Biases and LayerNorm weights are the only 1-D parameters; decaying them towards zero
+    # only hurts (as in BERT's original recipe).
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=cfg.learning_rate, eps=cfg.adam_epsilon, fused=device.type == "cuda"
+    )
+
+
+class PreemptionWatcher:
+    """SIGTERM/SIGUSR1 set a flag the loop checks after each step; a second one exits at once."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            print(f"squadft: second {name}: exiting without a checkpoint", file=sys.stderr,
+                  flush=True)
+            os._exit(128 + signum)
+        self.received = signum
+        print(f"squadft: received {name}: finishing the current step, then checkpointing",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self) -> PreemptionWatcher:
+        for sig in PREEMPTION_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def batches_from(
+    loader: torch.utils.data.DataLoader, sampler: BatchSampler, epoch: int, position: int
+) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
+    """Endless batches from (epoch, position); yields the position of the NEXT batch too."""
+    while True:
+        sampler.set_epoch(epoch, position)
+        for batch in loader:
+            position += 1
+            if position == len(sampler):
+                epoch, position = epoch + 1, 0
+            yield epoch, position, batch
+        if position:  # the loader ended early (cannot happen with a fixed-length sampler)
+            epoch, position = epoch + 1, 0
+
+
+def _restart_metrics(path: Path, step: int) -> None:
+    """On resume, forget metrics logged after the checkpoint (they will be logged again)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def train_model(
+    cfg: Config,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    features: Any,
+    ctx: DistributedContext,
+    *,
+    on_checkpoint: OnCheckpoint | None = None,
+    remote_finder: RemoteFinder | None = None,
+) -> TrainResult:
+    """Train `model` on `features` (squadft.data.features.Features), checkpoint, save final/.
+
+    Raises Preempted after writing a checkpoint when SIGTERM/SIGUSR1 arrives, OutOfMemory
+    (after saving the last completed step where possible) when a batch does not fit.
+    """
+    output_dir = Path(cfg.output_dir)
+    device = ctx.device
+    precision = resolve_precision(cfg.precision, device)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls: free speed on Ampere+
+    seed_everything(cfg.seed + ctx.rank)  # different dropout masks on each rank
+
+    # --- data order, optimizer, schedule ------------------------------------------------
+    sampler = BatchSampler(
+        features.lengths, cfg.batch_size, num_replicas=ctx.world_size, rank=ctx.rank,
+        seed=cfg.seed, bucketing=cfg.length_bucketing,
+    )
+    loader = torch.utils.data.DataLoader(
+        BatchDataset(features, pad_token_id=tokenizer.pad_token_id or 0,
+                     with_token_types=takes_token_types(model)),
+        sampler=sampler, batch_size=None, num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    accum = cfg.grad_accum_steps
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * len(sampler) / accum)
+    model.to(device)
+    optimizer = build_optimizer(model, cfg, device)
+    scheduler = make_scheduler(optimizer, warmup_steps_for(total_steps, cfg.warmup_ratio),
+                               total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    state = TrainerState(total_steps=total_steps, world_size=ctx.world_size,
+                         batch_size=cfg.batch_size, grad_accum_steps=accum)
+
+    # --- resume: rank 0 reads the checkpoint and shares it (no shared filesystem needed) ---
+    payload: Any = None
+    if ctx.is_main:
+        try:
+            path = resolve_resume(cfg.resume, output_dir, remote_finder)
+            if path is not None:
+                loaded = load_checkpoint(path)
+                model.load_state_dict(loaded.model_state)  # DDP broadcasts it to the others
+                payload = {"path": str(path), "optimizer": loaded.optimizer,
+                           "scheduler": loaded.scheduler, "scaler": loaded.scaler,
+                           "state": loaded.state.to_dict(), "rng": loaded.rng_states}
+        except Exception as exc:
+            broadcast_from_main(ctx, {"error": exc})
+            raise
+    payload = broadcast_from_main(ctx, payload)
+    if payload and "error" in payload:
+        raise payload["error"]
+    resumed_from = None
+    if payload:
+        resumed_from = payload["path"]
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        if payload["scaler"] is not None and scaler.is_enabled():
+            scaler.load_state_dict(payload["scaler"])
+        saved = TrainerState.from_dict(payload["state"])
+        old_global = saved.world_size * saved.batch_size
+        if old_global != ctx.world_size * cfg.batch_size:
+            warn(f"global batch changed ({old_global} -> {ctx.world_size * cfg.batch_size}): "
+                 "the data order after resuming differs from the interrupted run")
+            saved.position = saved.position * old_global // (ctx.world_size * cfg.batch_size)
+        state.step, state.epoch, state.position = saved.step, saved.epoch, saved.position
+        state.loss_history = saved.loss_history
+        if ctx.rank in payload["rng"]:
+            set_rng_state(payload["rng"][ctx.rank])
+        else:
+            warn(f"no RNG state for rank {ctx.rank} in {resumed_from}; dropout reseeded")
+            seed_everything(cfg.seed + ctx.rank + state.step)
+        if ctx.is_main:
+            print(f"squadft: resuming from {resumed_from} (step {state.step}/{total_steps})",
+                  file=sys.stderr, flush=True)
+            _restart_metrics(output_dir / METRICS_FILE, state.step)
+
+    train_model_ = model
+    if ctx.is_distributed:
+        train_model_ = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    def write_checkpoint() -> Path | None:
+        rng_states = gather_to_main(ctx, rng_state())
+        path = None
+        if ctx.is_main:
+            path = save_checkpoint(output_dir, model=model, tokenizer=tokenizer,
+                                   optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                                   state=state, cfg=cfg, rng_states=rng_states or [])
+            rotate_checkpoints(output_dir, cfg.save_total_limit)
+            if on_checkpoint is not None:
+                on_checkpoint(path)
+        # every rank waits until the checkpoint is complete: a rank that exited early on
+        # preemption would make torchrun kill rank 0 in the middle of writing it
+        barrier(ctx)
+        return path
+
+    # --- the loop ------------------------------------------------------------------------
+    is_main = ctx.is_main
+    progress = tqdm(total=total_steps, initial=state.step, disable=not is_main, desc="train",
+                    dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    metrics_path = output_dir / METRICS_FILE
+    data = batches_from(loader, sampler, state.epoch, state.position)
+    start_time = window_start = time.perf_counter()
+    start_step = last_saved = state.step
+    window = {"steps": 0, "tokens": 0, "samples": 0}
+    window_loss = torch.zeros((), device=device)
+    totals = {"tokens": 0.0, "samples": 0.0}
+    step_loss = torch.zeros((), device=device)
+    grad_norm = torch.zeros((), device=device)
+    model.train()
+    with PreemptionWatcher() as watcher:
+        while state.step < total_steps:
+            try:
+                step_loss.zero_()
+                for micro_step in range(accum):
+                    epoch, position, batch = next(data)
+                    samples, tokens = batch_summary(batch)
+                    window["samples"] += samples
+                    window["tokens"] += tokens
+                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    # Gradients of non-final micro-steps only accumulate locally: all-reducing
+                    # them across ranks every micro-step would cost `accum` times the traffic
+                    # for the same averaged result on the last one.
+                    final_micro = micro_step == accum - 1
+                    sync = nullcontext() if final_micro or not ctx.is_distributed \
+                        else train_model_.no_sync()
+                    with sync:
+                        with autocast(precision, device):
+                            loss = train_model_(**batch).loss / accum
+                        scaler.scale(loss).backward()
+                    step_loss += loss.detach()
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+                )
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            except torch.cuda.OutOfMemoryError:
+                raise _out_of_memory(cfg, ctx, state, last_saved, model, optimizer,
+                                     write_checkpoint) from None
+            state.step += 1
+            state.epoch, state.position = epoch, position
+            window_loss += step_loss  # stays on the device: no sync until the next log
+            window["steps"] += 1
+            progress.update(1)
+
+            stop = any_rank(ctx, watcher.received is not None)
+            if state.step % cfg.logging_steps == 0 or state.step == total_steps or stop:
+                loss_sum, tokens, samples = all_reduce_sum(
+                    ctx, [window_loss.item(), window["tokens"], window["samples"]])
+                elapsed = time.perf_counter() - window_start
+                loss_avg = loss_sum / ctx.world_size / window["steps"]
+                record = {
+                    "step": state.step,
+                    "epoch": round(epoch + position / len(sampler), 4),
+                    "loss": loss_avg,
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm),
+                    "tokens_per_s": tokens / elapsed,
+                    "samples_per_s": samples / elapsed,
+                }
+                if device.type == "cuda":
+                    record["gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                totals["tokens"] += tokens
+                totals["samples"] += samples
+                state.loss_history.append((state.step, loss_avg))
+                if is_main:
+                    with open(metrics_path, "a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                    progress.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{record['lr']:.2e}",
+                                         tok_s=f"{record['tokens_per_s']:.0f}")
+                window = {"steps": 0, "tokens": 0, "samples": 0}
+                window_loss.zero_()
+                window_start = time.perf_counter()
+
+            if stop or (cfg.save_steps and state.step % cfg.save_steps == 0):
+                path = write_checkpoint()
+                last_saved = state.step
+            if stop:
+                progress.close()
+                signame = signal.Signals(watcher.received or signal.SIGTERM).name
+                raise Preempted(
+                    f"stopped at step {state.step}/{total_steps} on a preemption signal "
+                    f"({signame} on some rank); checkpoint "
+                    f"{path if is_main else 'written by rank 0'}; exit {EXIT_PREEMPTED} means "
+                    "requeue: rerun with --resume auto to continue")
+        progress.close()
+        if last_saved != state.step or state.step == start_step == 0:
+            write_checkpoint()
+
+    runtime = time.perf_counter() - start_time
+    final_dir = None
+    if is_main:
+        final_dir = save_final(output_dir, model, tokenizer, cfg, state.step)
+        if on_checkpoint is not None:
+            on_checkpoint(final_dir)
+    barrier(ctx)
+    result = TrainResult(
+        steps=state.step,
+        epochs=round(state.epoch + state.position / len(sampler), 4),
+        final_loss=state.loss_history[-1][1] if state.loss_history else None,
+        runtime_s=round(runtime, 3),
+        tokens_per_second=totals["tokens"] / runtime if state.step > start_step else 0.0,
+        samples_per_second=totals["samples"] / runtime if state.step > start_step else 0.0,
+        precision=precision,
+        world_size=ctx.world_size,
+        global_batch_size=cfg.batch_size * ctx.world_size * accum,
+        resumed_from=resumed_from,
+        final_dir=str(final_dir) if final_dir else None,
+    )
+    if is_main:
+        atomic_write_json(output_dir / TRAIN_RESULTS_FILE, asdict(result))
+    return result
+
+
+def _out_of_memory(
+    cfg: Config, ctx: DistributedContext, state: TrainerState, last_saved: int,
+    model: torch.nn.Module, optimizer: Any, write_checkpoint: Callable[[], Path | None],
+) -> OutOfMemory:
+    """Free what we can, keep the last completed step on disk, and explain what to change."""
+    optimizer.zero_grad(set_to_none=True)
+    torch.cuda.empty_cache()
+    saved = ""
+    # A lone process can still checkpoint (the state is that of the last completed step);
+    # with DDP the other ranks are blocked in a collective, so rely on the last checkpoint.
+    if not ctx.is_distributed and state.step > last_saved:
+        saved = f"; saved checkpoint-{state.step}"
+        write_checkpoint()
+    return OutOfMemory(
+        f"out of GPU memory at step {state.step + 1} with --batch-size {cfg.batch_size} "
+        f"and --max-seq-length {cfg.max_seq_length}{saved}; use a smaller --batch-size "
+        f"with a larger --grad-accum-steps (now {cfg.grad_accum_steps}) to keep the "
+        "effective batch, or --precision bf16/fp16"
+    )

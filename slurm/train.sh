@@ -1,0 +1,134 @@
+#!/bin/bash
+#SBATCH --job-name=squadft
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=24:00:00
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=squadft-%j.out
+#
+# Fine-tune with `squadft train` under Slurm; checkpoint and requeue on preemption.
+#
+#   sbatch slurm/train.sh [squadft train flags...]
+#   sbatch --nodes=2 --gpus-per-node=4 slurm/train.sh --s3-uri s3://bucket/runs/exp1
+#
+# Every `#SBATCH` line above can be overridden on the sbatch command line. Arguments after
+# the script name go to `squadft train`; so do SQUADFT_<OPTION> variables (sbatch exports the
+# submitting environment), e.g. SQUADFT_OUTPUT_DIR, SQUADFT_CACHE_DIR, SQUADFT_MODEL,
+# SQUADFT_S3_URI, AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE.
+# Run the job from a shared filesystem: the output directory must be the same on every node
+# and across restarts (checkpoints are resumed from it; --resume auto is the default).
+#
+# Launcher variables (all optional):
+#   SQUADFT_LAUNCHER        torchrun (default): one `torchrun` per node (srun, one task per
+#                           node) starting SQUADFT_NPROC_PER_NODE processes, c10d rendezvous
+#                           on the first node of the allocation.
+#                           srun: one Slurm task per process, no torchrun; submit with
+#                           --ntasks-per-node=<GPUs per node> (and --gpus-per-task=1); each task
+#                           gets RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT from Slurm's.
+#   SQUADFT_NPROC_PER_NODE  processes per node for torchrun (default: GPUs on the node, else 1)
+#   SQUADFT_RDZV_PORT       rendezvous port on the first node (default: 20000 + job id % 20000)
+#   SQUADFT_VENV            a virtualenv to activate first (default: whatever PATH has)
+#   SQUADFT_WRAP            a command prefix for what each srun task runs, for containers:
+#                           SQUADFT_WRAP="apptainer exec --nv squadft_0.1.0.sif"
+#   SQUADFT_SRUN_ARGS       extra srun options, e.g. for enroot/pyxis:
+#                           SQUADFT_SRUN_ARGS="--container-image=squadft+0.1.0.sqsh
+#                           --container-mounts=/shared:/shared --container-workdir=$PWD"
+#   SQUADFT_MAX_REQUEUES    stop requeueing after this many restarts (default 20)
+#   SQUADFT_CMD             the program run per process instead of `squadft` (default squadft);
+#                           the CI tests use it to exercise the requeue mechanics with a small
+#                           stand-in (tests/deploy/standin_trainer.py).
+#
+# Preemption: 120 s before the time limit Slurm sends USR1 to this batch shell only (B:).
+# The trap forwards it to the running step (TERM to torchrun, which passes TERM on to its
+# workers; USR1 straight to squadft under the srun launcher); squadft writes a checkpoint and
+# exits 75. The script then runs `scontrol requeue`, and the next start resumes from the newest
+# complete checkpoint. A TERM (scancel, preemption, node shutdown) is handled the same way.
+set -uo pipefail
+
+launcher=${SQUADFT_LAUNCHER:-torchrun}
+max_requeues=${SQUADFT_MAX_REQUEUES:-20}
+read -r -a program <<<"${SQUADFT_CMD:-squadft}"
+read -r -a wrap <<<"${SQUADFT_WRAP:-}"
+read -r -a srun_args <<<"${SQUADFT_SRUN_ARGS:-}"
+job_id=${SLURM_JOB_ID:?run this script with sbatch}
+restarts=${SLURM_RESTART_COUNT:-0}
+
+log() { echo "squadft-slurm[$job_id]: $*"; }
+
+if [ -n "${SQUADFT_VENV:-}" ]; then
+    # shellcheck disable=SC1091  # the venv is the user's, not part of this repository
+    . "$SQUADFT_VENV/bin/activate"
+fi
+
+mapfile -t hosts < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+head_node=${hosts[0]}
+port=${SQUADFT_RDZV_PORT:-$((20000 + job_id % 20000))}
+gpus=${SLURM_GPUS_ON_NODE:-0}
+gpus=${gpus##*:}  # "gpu:a100:4" style values: the count is last
+nproc=${SQUADFT_NPROC_PER_NODE:-$((gpus > 0 ? gpus : 1))}
+
+case "$launcher" in
+    torchrun)
+        forward_signal=TERM  # torchrun dies on USR1; on TERM it signals its workers and waits
+        step=(srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES"
+              --ntasks-per-node=1 --kill-on-bad-exit=1 "${srun_args[@]}"
+              "${wrap[@]}" torchrun --nnodes="$SLURM_JOB_NUM_NODES" --nproc-per-node="$nproc"
+              --rdzv-backend=c10d --rdzv-endpoint="$head_node:$port" --rdzv-id="$job_id"
+              --no-python "${program[@]}" train "$@")
+        ;;
+    srun)
+        forward_signal=USR1
+        # Each task maps Slurm's variables to torchrun's before it starts the program.
+        # shellcheck disable=SC2016  # expanded by the task's shell, not this one
+        step=(srun --kill-on-bad-exit=1 "${srun_args[@]}" "${wrap[@]}" bash -c
+              'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
+               export MASTER_ADDR=$0 MASTER_PORT=$1; shift 2; exec "$@"'
+              "$head_node" "$port" "${program[@]}" train "$@")
+        ;;
+    *)
+        log "SQUADFT_LAUNCHER must be torchrun or srun (got '$launcher')"
+        exit 2
+        ;;
+esac
+
+signalled=""
+step_pid=""
+# shellcheck disable=SC2329  # called from the traps below
+on_signal() {
+    # Forward once: a second signal must not cut the checkpoint short.
+    if [ -n "$signalled" ]; then return; fi
+    signalled=$1
+    log "received SIG$1; asking the training step to checkpoint and stop (SIG$forward_signal)"
+    if [ -n "$step_pid" ]; then kill -s "$forward_signal" "$step_pid" 2>/dev/null || true; fi
+}
+trap 'on_signal USR1' USR1
+trap 'on_signal TERM' TERM
+
+log "start on ${hosts[*]} (restart $restarts, launcher $launcher, $nproc per node) $(date -u +%FT%TZ)"
+"${step[@]}" &
+step_pid=$!
+# `wait` returns early when a trapped signal arrives; keep waiting until the step has ended.
+while :; do
+    wait "$step_pid"
+    rc=$?
+    if ! kill -0 "$step_pid" 2>/dev/null; then break; fi
+done
+log "training step exited with $rc"
+
+# 75 = preempted after writing a checkpoint. torchrun reports a failed worker as 1, so after
+# a forwarded signal any failure counts as a preemption too: the restart resumes anyway.
+if [ "$rc" -eq 75 ] || { [ -n "$signalled" ] && [ "$rc" -ne 0 ]; }; then
+    if [ "$restarts" -ge "$max_requeues" ]; then
+        log "not requeueing: already restarted $restarts times (SQUADFT_MAX_REQUEUES)"
+        exit 75
+    fi
+    log "requeueing (restart $((restarts + 1))); the next start resumes from the checkpoint"
+    if scontrol requeue "$job_id"; then exit 0; fi
+    log "scontrol requeue failed"
+    exit 75
+fi
+exit "$rc"

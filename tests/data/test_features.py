@@ -1,0 +1,365 @@
+"""Sliding-window features (squadft.data.features): real subsets, real BERT tokenizer."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from squadft.data.features import (
+    FEATURES_FORMAT_VERSION,
+    FeatureReport,
+    Features,
+    build_features,
+    features_cache_key,
+    load_or_build_features,
+    tokenizer_fingerprint,
+)
+from squadft.data.squad import Example, ParseReport
+from squadft.errors import ConfigError
+
+IMPOSSIBLE_ID = "5a8d7bf7df8bba001a0f9ab1"  # has plausible_answers "action-adventure" in the file
+FULL = {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}
+SMALL = {"max_seq_length": 128, "doc_stride": 32, "max_query_length": 64}
+
+
+@pytest.fixture(scope="module")
+def train_features(train_parsed: tuple[list[Example], ParseReport], bert_tokenizer: Any
+                   ) -> tuple[Features, FeatureReport]:
+    return build_features(train_parsed[0], bert_tokenizer, **FULL)
+
+
+@pytest.fixture(scope="module")
+def dev_features(dev_parsed: tuple[list[Example], ParseReport], bert_tokenizer: Any
+                 ) -> tuple[Features, FeatureReport]:
+    return build_features(dev_parsed[0], bert_tokenizer, **FULL)
+
+
+@pytest.fixture(scope="module")
+def small_window_features(train_parsed: tuple[list[Example], ParseReport], bert_tokenizer: Any
+                          ) -> tuple[list[Example], Features, FeatureReport]:
+    examples = train_parsed[0][:600]
+    features, report = build_features(examples, bert_tokenizer, **SMALL)
+    return examples, features, report
+
+
+def _windows_of(features: Features, example_number: int) -> np.ndarray:
+    return np.flatnonzero(np.asarray(features.example_index) == example_number)
+
+
+def _context_span_of_window(features: Features, window: int) -> tuple[int, int]:
+    offsets = features.window(window)["offsets"]
+    context = offsets[offsets[:, 0] >= 0]
+    return int(context[0, 0]), int(context[-1, 1])
+
+
+# --- layout --------------------------------------------------------------------------------------
+
+
+def test_layout_dtypes_and_non_context_offsets(
+    train_parsed: tuple[list[Example], ParseReport], train_features: tuple[Features, FeatureReport],
+    bert_tokenizer: Any,
+):
+    features, report = train_features
+    examples = train_parsed[0]
+    assert features.input_ids.dtype == np.int32 and features.offsets.dtype == np.int32
+    assert features.token_type_ids is not None and features.token_type_ids.dtype == np.int8
+    assert features.row_splits.dtype == np.int64 and features.row_splits[0] == 0
+    assert features.row_splits[-1] == len(features.input_ids) == len(features.offsets)
+    for name in ("example_index", "start_positions", "end_positions", "cls_index"):
+        assert getattr(features, name).dtype == np.int32 and len(getattr(features, name)) == len(
+            features)
+    assert len(features) == report.features == 4812
+    assert int(features.lengths.max()) <= 384 and int(features.lengths.min()) > 0
+    assert (np.asarray(features.cls_index) == 0).all()
+    assert np.array_equal(np.unique(features.example_index), np.arange(len(examples)))
+
+    # Window 0 against the tokenizer itself: [CLS] question [SEP] context [SEP], with the
+    # offsets of everything but the context set to (-1, -1).
+    window = features.window(0)
+    encoded = bert_tokenizer(examples[0].question, examples[0].context)
+    assert window["input_ids"].tolist() == encoded["input_ids"]
+    assert window["token_type_ids"].tolist() == encoded["token_type_ids"]
+    question_tokens = len(bert_tokenizer(examples[0].question, add_special_tokens=False)
+                          ["input_ids"])
+    offsets = window["offsets"]
+    assert (offsets[: question_tokens + 2] == -1).all() and (offsets[-1] == -1).all()
+    assert (offsets[question_tokens + 2: -1] >= 0).all()
+    assert (np.diff(offsets[question_tokens + 2: -1, 0]) > 0).all()
+
+
+def test_select_repacks_windows(train_features: tuple[Features, FeatureReport]):
+    features, _ = train_features
+    chosen = np.array([17, 3, 4000, 3])
+    subset = features.select(chosen)
+    assert len(subset) == 4 and subset.lengths.tolist() == features.lengths[chosen].tolist()
+    for new, old in enumerate(chosen):
+        for key, value in subset.window(new).items():
+            assert np.array_equal(value, features.window(int(old))[key])
+    for name in ("example_index", "start_positions", "end_positions", "cls_index"):
+        assert np.array_equal(getattr(subset, name), getattr(features, name)[chosen])
+    assert len(features.select(np.array([], dtype=np.int64))) == 0
+
+
+# --- labels --------------------------------------------------------------------------------------
+
+
+def test_impossible_questions_are_labelled_cls_despite_plausible_answers(
+    train_json: dict[str, Any], train_parsed: tuple[list[Example], ParseReport],
+    train_features: tuple[Features, FeatureReport],
+):
+    qa = next(qa for article in train_json["data"] for paragraph in article["paragraphs"]
+              for qa in paragraph["qas"] if qa["id"] == IMPOSSIBLE_ID)
+    plausible = qa["plausible_answers"][0]
+    assert qa["is_impossible"] and plausible["text"] == "action-adventure"
+    examples = train_parsed[0]
+    number = next(i for i, example in enumerate(examples) if example.id == IMPOSSIBLE_ID)
+    features, report = train_features
+    windows = _windows_of(features, number)
+    assert len(windows) >= 1
+    for window in windows:
+        # The plausible answer IS inside this window, yet the label must be "no answer".
+        begin, end = _context_span_of_window(features, int(window))
+        assert begin <= plausible["answer_start"] < end
+        assert features.start_positions[window] == features.end_positions[window] == \
+            features.cls_index[window]
+    impossible = np.array([example.is_impossible for example in examples])
+    of_impossible = impossible[features.example_index]
+    assert (features.start_positions[of_impossible] == features.cls_index[of_impossible]).all()
+    assert (features.end_positions[of_impossible] == features.cls_index[of_impossible]).all()
+    assert report.impossible_examples == 348
+
+
+def test_long_contexts_give_overlapping_windows_labelled_exactly_where_the_answer_fits(
+    small_window_features: tuple[list[Example], Features, FeatureReport],
+):
+    examples, features, report = small_window_features
+    example_index = np.asarray(features.example_index)
+    windows_per_example = np.bincount(example_index, minlength=len(examples))
+    assert windows_per_example.max() >= 4 and report.features == len(features) > len(examples)
+
+    labelled_twice = 0
+    for number in np.flatnonzero(windows_per_example >= 2):
+        example = examples[number]
+        windows = _windows_of(features, int(number))
+        # Consecutive windows overlap by exactly doc_stride context tokens.
+        for a, b in zip(windows[:-1], windows[1:], strict=True):
+            context_a = features.window(int(a))["offsets"]
+            context_b = features.window(int(b))["offsets"]
+            context_a = context_a[context_a[:, 0] >= 0]
+            context_b = context_b[context_b[:, 0] >= 0]
+            assert np.array_equal(context_a[-SMALL["doc_stride"]:],
+                                  context_b[: SMALL["doc_stride"]])
+        if example.is_impossible:
+            continue
+        answer = example.answers[0]
+        labelled = 0
+        for window in windows:
+            begin, end = _context_span_of_window(features, int(window))
+            fits = begin <= answer.start and answer.end <= end
+            is_labelled = features.start_positions[window] != features.cls_index[window]
+            assert is_labelled == fits, (example.id, int(window))
+            if fits:
+                labelled += 1
+                offsets = features.window(int(window))["offsets"]
+                start, stop = features.start_positions[window], features.end_positions[window]
+                assert offsets[start, 0] <= answer.start < offsets[start, 1]
+                assert offsets[stop, 0] < answer.end <= offsets[stop, 1]
+        labelled_twice += labelled >= 2
+    assert labelled_twice > 10  # answers in the overlap are labelled in both windows
+
+
+def _check_round_trip(examples: list[Example], features: Features, name: str
+                      ) -> tuple[int, int]:
+    """Every labelled window maps back to the gold text; returns (exact, subword) counts."""
+    labelled = np.flatnonzero(np.asarray(features.start_positions) != features.cls_index)
+    exact = subword = 0
+    others = []
+    for window in labelled:
+        example = examples[features.example_index[window]]
+        answer = example.answers[0]
+        offsets = features.window(int(window))["offsets"]
+        start = offsets[features.start_positions[window]]
+        end = offsets[features.end_positions[window]]
+        recovered = example.context[start[0]:end[1]]
+        if recovered == answer.text:
+            exact += 1
+        elif (start[0] <= answer.start < start[1] and end[0] < answer.end <= end[1]
+              and answer.text in recovered):
+            # WordPiece cannot split inside a piece: gold "Tibet" in "Tibetan" is one token, so
+            # the tightest token span is the whole word. Allowed, counted.
+            subword += 1
+        else:
+            others.append((example.id, answer.text, recovered))
+    print(f"{name}: {len(labelled)} labelled windows, {exact} exact, {subword} inside a "
+          f"WordPiece token, {len(others)} other mismatches {others[:5]}")
+    assert not others
+    return exact, subword
+
+
+def test_offsets_round_trip_to_the_gold_text_on_the_real_subsets(
+    train_parsed: tuple[list[Example], ParseReport], train_features: tuple[Features, FeatureReport],
+    dev_parsed: tuple[list[Example], ParseReport], dev_features: tuple[Features, FeatureReport],
+):
+    for name, examples, (features, report) in (("train", train_parsed[0], train_features),
+                                               ("dev", dev_parsed[0], dev_features)):
+        exact, subword = _check_round_trip(examples, features, name)
+        assert exact + subword == report.answer_features
+        assert subword <= 0.01 * report.answer_features  # measured: train 29, dev 1
+        # No answer is lost silently: each answerable example is labelled or counted.
+        answerable = np.array([not example.is_impossible for example in examples])
+        labelled = np.asarray(features.start_positions) != features.cls_index
+        per_example = np.bincount(features.example_index[labelled], minlength=len(examples))
+        outside = int((answerable & (per_example == 0)).sum())
+        print(f"{name}: {report.summary()}")
+        assert report.answers_outside_every_window == outside
+        assert report.answers == int(answerable.sum())
+        assert report.cls_features + report.answer_features == report.features
+    assert train_features[1].answers_outside_every_window == 0  # 384/128 fits every answer here
+
+
+def test_answers_outside_every_window_are_counted(
+    small_window_features: tuple[list[Example], Features, FeatureReport], bert_tokenizer: Any,
+):
+    examples, features, report = small_window_features
+    # 48-token windows keep about 33 context tokens and overlap by 8: an answer longer than the
+    # overlap that straddles a window boundary fits in no window at all.
+    tight, tight_report = build_features(examples, bert_tokenizer, max_seq_length=48,
+                                         doc_stride=8, max_query_length=12)
+    answerable = [i for i, example in enumerate(examples) if not example.is_impossible]
+    labelled = np.asarray(tight.start_positions) != tight.cls_index
+    per_example = np.bincount(tight.example_index[labelled], minlength=len(examples))
+    outside = [i for i in answerable if per_example[i] == 0]
+    print(f"48/8: {tight_report.summary()}")
+    assert tight_report.answers_outside_every_window == len(outside) > 0
+    assert tight_report.truncated_questions > 0  # questions were cut to fit 48 tokens
+    for i in outside:  # independently: no window's context covers the whole answer
+        answer = examples[i].answers[0]
+        for window in _windows_of(tight, i):
+            begin, end = _context_span_of_window(tight, int(window))
+            assert not (begin <= answer.start and answer.end <= end)
+    _check_round_trip(examples, tight, "train[:600] at 48/8")
+
+
+def test_long_questions_are_truncated_not_fatal(
+    train_parsed: tuple[list[Example], ParseReport], bert_tokenizer: Any
+):
+    base = train_parsed[0][0]
+    long_question = dataclasses.replace(base, id="long", question=" ".join([base.question] * 30))
+    examples = [base, long_question]
+    features, report = build_features(examples, bert_tokenizer, max_seq_length=128,
+                                      doc_stride=32, max_query_length=16)
+    assert report.truncated_questions == 1
+    for window in range(len(features)):
+        ids = features.window(window)["input_ids"]
+        offsets = features.window(window)["offsets"]
+        question_tokens = int((offsets[:, 0] < 0).sum()) - 3
+        assert question_tokens <= 16 and len(ids) <= 128
+    long_windows = _windows_of(features, 1)
+    assert (features.start_positions[long_windows] != features.cls_index[long_windows]).any()
+    # max_query_length larger than the window allows is clamped instead of crashing the
+    # tokenizer (which panics when a window has no more than doc_stride context tokens).
+    _, clamped = build_features(examples, bert_tokenizer, max_seq_length=64, doc_stride=32,
+                                max_query_length=64)
+    assert clamped.truncated_questions == 1
+
+
+def test_impossible_window_settings_are_a_config_error(bert_tokenizer: Any,
+                                                       train_parsed: tuple[list[Example], Any]):
+    with pytest.raises(ConfigError, match="max_seq_length=40 leaves no room"):
+        build_features(train_parsed[0][:2], bert_tokenizer, max_seq_length=40, doc_stride=40,
+                       max_query_length=8)
+
+
+# --- cache ---------------------------------------------------------------------------------------
+
+
+def _assert_same(a: Features, b: Features) -> None:
+    for field in dataclasses.fields(Features):
+        left, right = getattr(a, field.name), getattr(b, field.name)
+        assert (left is None) == (right is None)
+        if left is not None:
+            assert left.dtype == right.dtype and np.array_equal(left, right), field.name
+
+
+def test_cache_hit_miss_and_stride_change(
+    tmp_path: Path, train_parsed: tuple[list[Example], ParseReport], bert_tokenizer: Any
+):
+    examples = train_parsed[0][:300]
+    built, built_report = build_features(examples, bert_tokenizer, **SMALL)
+    first, first_report, hit = load_or_build_features(
+        examples, bert_tokenizer, cache_dir=tmp_path, data_key="sha:abc", **SMALL)
+    assert not hit
+    _assert_same(first, built)
+    assert first_report == built_report
+    entries = list((tmp_path / "features").iterdir())
+    assert len(entries) == 1 and not entries[0].name.startswith(".")
+    meta = json.loads((entries[0] / "meta.json").read_text())
+    assert meta["format"] == FEATURES_FORMAT_VERSION and meta["report"]["features"] == len(built)
+
+    second, second_report, hit = load_or_build_features(
+        examples, bert_tokenizer, cache_dir=tmp_path, data_key="sha:abc", **SMALL)
+    assert hit and second_report == built_report
+    assert isinstance(second.input_ids, np.memmap)  # memory-mapped, not read into RAM
+    _assert_same(second, built)
+
+    changed = dict(SMALL, doc_stride=16)
+    _, _, hit = load_or_build_features(
+        examples, bert_tokenizer, cache_dir=tmp_path, data_key="sha:abc", **changed)
+    assert not hit
+    _, _, hit = load_or_build_features(
+        examples, bert_tokenizer, cache_dir=tmp_path, data_key="sha:other", **SMALL)
+    assert not hit
+    _, _, hit = load_or_build_features(
+        examples[:299], bert_tokenizer, cache_dir=tmp_path, data_key="sha:abc", **SMALL)
+    assert not hit  # a different parse (here: fewer examples) never reuses example indices
+    assert len(list((tmp_path / "features").iterdir())) == 4
+
+
+def test_incomplete_or_temporary_cache_dirs_are_never_used(
+    tmp_path: Path, train_parsed: tuple[list[Example], ParseReport], bert_tokenizer: Any
+):
+    examples = train_parsed[0][:200]
+    key = features_cache_key(examples, bert_tokenizer, data_key="k", **SMALL)
+    root = tmp_path / "features"
+    # What an interrupted writer leaves behind: a temp dir with a full-looking meta.json...
+    leftover = root / f".{key}.abc123.tmp"
+    leftover.mkdir(parents=True)
+    (leftover / "meta.json").write_text("{}")
+    # ...and, worse, a final-named dir with arrays but no metadata (copied by hand, say).
+    incomplete = root / key
+    incomplete.mkdir()
+    np.save(incomplete / "input_ids.npy", np.zeros(3, dtype=np.int32))
+
+    built, _ = build_features(examples, bert_tokenizer, **SMALL)
+    features, _, hit = load_or_build_features(examples, bert_tokenizer, cache_dir=tmp_path,
+                                              data_key="k", **SMALL)
+    assert not hit
+    _assert_same(features, built)
+    assert (incomplete / "meta.json").exists()
+
+    # A truncated array behind a valid meta.json is also rebuilt, not trusted.
+    (incomplete / "offsets.npy").write_bytes((incomplete / "offsets.npy").read_bytes()[:100])
+    features, _, hit = load_or_build_features(examples, bert_tokenizer, cache_dir=tmp_path,
+                                              data_key="k", **SMALL)
+    assert not hit
+    _assert_same(features, built)
+    _, _, hit = load_or_build_features(examples, bert_tokenizer, cache_dir=tmp_path,
+                                       data_key="k", **SMALL)
+    assert hit
+    assert not any(path.name.endswith(".tmp") and path != leftover for path in root.iterdir())
+
+
+def test_tokenizer_fingerprint_tracks_the_vocabulary_not_call_history(bert_tokenizer: Any):
+    before = tokenizer_fingerprint(bert_tokenizer)
+    bert_tokenizer(["a question"], ["a context"], truncation="only_second", max_length=16,
+                   stride=2, return_overflowing_tokens=True)
+    assert tokenizer_fingerprint(bert_tokenizer) == before
+    extended = copy.deepcopy(bert_tokenizer)
+    extended.add_tokens(["squadftnewtoken"])
+    assert tokenizer_fingerprint(extended) != before
+    assert len(before) == 64

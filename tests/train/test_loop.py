@@ -1,0 +1,125 @@
+"""In-process runs of the real pipeline on a few hundred real SQuAD questions (tiny model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from squadft import pipeline
+from squadft.config import Config
+from squadft.errors import ModelLoadError, OutOfMemory, StorageError
+from squadft.train.checkpoint import verify_manifest
+from squadft.train.distributed import setup_distributed
+from squadft.train.loop import train_model
+from tests.train.common import load_weights, max_weight_difference, read_metrics, step_losses
+
+
+def test_loss_falls_and_final_model_loads_without_squadft(tiny_settings: Any) -> None:
+    settings = tiny_settings(max_steps=40, save_steps=15, save_total_limit=1, do_eval=True,
+                             logging_steps=2)
+    result = pipeline.train(Config(**settings))
+    out = Path(settings["output_dir"])
+    losses = [m["loss"] for m in read_metrics(out)]
+    assert len(losses) == 20 and result.steps == 40
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.4, losses
+    metrics = read_metrics(out)[-1]
+    assert metrics["lr"] == 0.0 and metrics["tokens_per_s"] > 0 and metrics["grad_norm"] > 0
+    # checkpoints at 15, 30 and the end; only the newest survives save_total_limit=1
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-40"]
+    assert verify_manifest(out / "checkpoint-40") and verify_manifest(out / "final")
+    assert json.loads((out / "train_results.json").read_text())["steps"] == 40
+    assert "exact" in json.loads((out / "eval_results.json").read_text())
+    saved = json.loads((out / "final" / "squadft_config.json").read_text())
+    assert saved["max_steps"] == 40
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "final")
+    model = AutoModelForQuestionAnswering.from_pretrained(out / "final")
+    assert len(tokenizer) == 30522
+    trained = load_weights(out / "final")
+    assert max_weight_difference(trained, {k: v for k, v in model.state_dict().items()}) == 0
+
+
+def test_gradient_accumulation_matches_the_large_batch(tiny_settings: Any) -> None:
+    common = {"max_steps": 3, "length_bucketing": False, "learning_rate": 3e-3}
+    big = tiny_settings("big", batch_size=8, **common)
+    accumulated = tiny_settings("accum", batch_size=4, grad_accum_steps=2, **common)
+    pipeline.train(Config(**big))
+    pipeline.train(Config(**accumulated))
+    big_out, acc_out = Path(big["output_dir"]), Path(accumulated["output_dir"])
+    assert max_weight_difference(load_weights(big_out / "final"),
+                                 load_weights(acc_out / "final")) < 1e-5
+    for step, loss in step_losses(big_out).items():
+        assert step_losses(acc_out)[step] == pytest.approx(loss, abs=1e-5)
+
+
+def test_resume_skips_incomplete_and_corrupt_checkpoints(
+    tiny_settings: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = tiny_settings(max_steps=6, save_steps=2, save_total_limit=0)
+    pipeline.train(Config(**settings))
+    out = Path(settings["output_dir"])
+    reference_losses = step_losses(out)
+    reference = load_weights(out / "final")
+    (out / "checkpoint-6" / "manifest.json").unlink()  # as if killed while writing it
+    optimizer = out / "checkpoint-4" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:-10])  # truncated by a full disk
+    capsys.readouterr()
+
+    result = pipeline.train(Config(**settings))
+    err = capsys.readouterr().err
+    assert "skipping checkpoint" in err and "checkpoint-6: no manifest.json" in err
+    assert "checkpoint-4: optimizer.pt has" in err
+    assert result.resumed_from == str(out / "checkpoint-2")
+    assert step_losses(out) == reference_losses  # steps 3-6 re-logged, identical
+    assert max_weight_difference(load_weights(out / "final"), reference) == 0
+    assert verify_manifest(out / "checkpoint-6") and verify_manifest(out / "checkpoint-4")
+
+
+def test_unknown_model_and_unwritable_output(tiny_settings: Any, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="pass a local save_pretrained directory"):
+        pipeline.train(Config(**tiny_settings(model="no-such-org/no-such-model")))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(StorageError, match="cannot write"):
+        pipeline.train(Config(**tiny_settings(output_dir=str(blocker / "out"))))
+
+
+class RunsOutOfMemory(torch.nn.Module):
+    """Fault injection: a real CPU cannot run out of GPU memory on demand."""
+
+    def __init__(self, model: torch.nn.Module, fail_on_call: int) -> None:
+        super().__init__()
+        self.model = model
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    def forward(self, **batch: torch.Tensor) -> Any:
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.model(**batch)
+
+    def save_pretrained(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+
+
+def test_out_of_memory_keeps_the_last_step_and_suggests_smaller_batches(
+    tiny_settings: Any, tiny_model_dir: Path
+) -> None:
+    from squadft.modeling import load_model, load_tokenizer
+
+    cfg = Config(**tiny_settings(max_steps=10))
+    data = pipeline.prepare(cfg, splits=("train",), verbose=False)
+    model = RunsOutOfMemory(load_model(str(tiny_model_dir)), fail_on_call=4)
+    with pytest.raises(OutOfMemory, match="smaller --batch-size .* --grad-accum-steps"):
+        train_model(cfg, model, load_tokenizer(str(tiny_model_dir)), data.train.features,
+                    setup_distributed({}))
+    out = Path(cfg.output_dir)
+    assert verify_manifest(out / "checkpoint-3")
+    assert not (out / "final").exists()
