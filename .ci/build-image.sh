@@ -103,11 +103,11 @@ buildah bud --isolation chroot --pull-never --layers --force-rm \
 step "built $IMAGE_TAG"
 
 # --- what docker/kubernetes would run: entrypoint, user, labels -----------------------------
-entrypoint=$(buildah inspect --type image --format '{{json .OCIv1.Config.Entrypoint}}' "$IMAGE_TAG")
+entrypoint=$(buildah inspect --type image --format '{{.OCIv1.Config.Entrypoint}}' "$IMAGE_TAG")
 user=$(buildah inspect --type image --format '{{.OCIv1.Config.User}}' "$IMAGE_TAG")
 label=$(buildah inspect --type image \
     --format '{{index .OCIv1.Config.Labels "org.opencontainers.image.version"}}' "$IMAGE_TAG")
-[ "$entrypoint" = '["squadft"]' ] || fail "entrypoint is $entrypoint, want [\"squadft\"]"
+[ "$entrypoint" = '[squadft]' ] || fail "entrypoint is $entrypoint, want [squadft]"
 [ "$user" = "$IMAGE_UID:$IMAGE_UID" ] || fail "image user is '$user', want $IMAGE_UID:$IMAGE_UID"
 [ "$label" = "$version" ] || fail "version label is '$label', want $version"
 

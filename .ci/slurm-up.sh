@@ -29,13 +29,14 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
     apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
 fi
 
-if [ -s "$CONF" ] && grep -q '^# Written by squadft .ci/slurm-up.sh' "$CONF" && grep -q '^GresTypes=gpu' "$CONF" && node_ready; then
+if [ -s "$CONF" ] && grep -q '^# Written by squadft .ci/slurm-up.sh' "$CONF" && grep -q '^SlurmdParameters=config_overrides' "$CONF" && node_ready; then
     echo "slurm-up: already up"
     exit 0
 fi
 
 host=$(hostname -s)
 # Half the memory: slurmd drains a node whose RealMemory exceeds what it finds.
+cpus=$(($(nproc) > 16 ? $(nproc) : 16))
 mem_mb=$(($(awk '/MemTotal/{print int($2/1024)}' /proc/meminfo) / 2))
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd "$LOGS" /run/munge
 chown munge:munge /run/munge
@@ -62,12 +63,14 @@ SlurmdPidFile=/run/slurmd.pid
 SlurmctldLogFile=$LOGS/slurmctld.log
 SlurmdLogFile=$LOGS/slurmd.log
 MpiDefault=none
-# One pretend GPU (no device file) so `#SBATCH --gpus-per-node=1` is accepted as written;
-# jobs still run on the CPU.
+# A node as slurm/train.sh's header asks for (16 CPUs, one GPU) whatever this machine has:
+# config_overrides trusts these numbers instead of draining the node, and the pretend GPU is
+# /dev/null. Only scheduling sees them; jobs run on the real CPUs.
+SlurmdParameters=config_overrides
 GresTypes=gpu
 KillWait=30
 MinJobAge=600
-NodeName=localhost NodeHostname=$host CPUs=$(nproc) RealMemory=$mem_mb Gres=gpu:1 State=UNKNOWN
+NodeName=localhost NodeHostname=$host CPUs=$cpus RealMemory=$mem_mb Gres=gpu:1 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
 echo "NodeName=localhost Name=gpu File=/dev/null" >/etc/slurm/gres.conf

@@ -43,8 +43,8 @@
 #                           stand-in (tests/deploy/standin_trainer.py).
 #
 # Preemption: 120 s before the time limit Slurm sends USR1 to this batch shell only (B:).
-# The trap forwards it to the running step (TERM to torchrun, which passes TERM on to its
-# workers; USR1 straight to squadft under the srun launcher); squadft writes a checkpoint and
+# The trap forwards it to the running step with `scancel --signal` (TERM under torchrun, which
+# passes it on to its workers; USR1 under the srun launcher); squadft writes a checkpoint and
 # exits 75. The script then runs `scontrol requeue`, and the next start resumes from the newest
 # complete checkpoint. A TERM (scancel, preemption, node shutdown) is handled the same way.
 set -uo pipefail
@@ -71,9 +71,14 @@ gpus=${SLURM_GPUS_ON_NODE:-0}
 gpus=${gpus##*:}  # "gpu:a100:4" style values: the count is last
 nproc=${SQUADFT_NPROC_PER_NODE:-$((gpus > 0 ? gpus : 1))}
 
+# torchrun gives its workers this long to checkpoint after a TERM before it kills them
+# (default 30 s; older torch versions ignore the variable and keep 30 s). Keep it below the 120 s
+# warning of --signal so the job is done before Slurm's own kill at the time limit.
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-100}
+
 case "$launcher" in
     torchrun)
-        forward_signal=TERM  # torchrun dies on USR1; on TERM it signals its workers and waits
+        forward_signal=TERM  # older torchrun dies on USR1; on TERM it signals its workers
         step=(srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES"
               --ntasks-per-node=1 --kill-on-bad-exit=1 "${srun_args[@]}"
               "${wrap[@]}" torchrun --nnodes="$SLURM_JOB_NUM_NODES" --nproc-per-node="$nproc"
@@ -103,7 +108,9 @@ on_signal() {
     if [ -n "$signalled" ]; then return; fi
     signalled=$1
     log "received SIG$1; asking the training step to checkpoint and stop (SIG$forward_signal)"
-    if [ -n "$step_pid" ]; then kill -s "$forward_signal" "$step_pid" 2>/dev/null || true; fi
+    # Through slurmstepd to the step's processes, not to srun: srun answers a TERM by
+    # cancelling the step, which would kill the job before it could write its checkpoint.
+    scancel --signal="$forward_signal" "$job_id" || log "scancel --signal failed"
 }
 trap 'on_signal USR1' USR1
 trap 'on_signal TERM' TERM

@@ -1,4 +1,4 @@
-"""Session fixtures shared by every test module: bundled real data, a real tokenizer, tiny models."""
+"""Session fixtures shared by all test modules: bundled real data, a real tokenizer, tiny models."""
 
 from __future__ import annotations
 

@@ -3,10 +3,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from typer.testing import CliRunner
-
 from squadft import __version__
 from squadft.cli import app
+from typer.testing import CliRunner
 
 runner = CliRunner()
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from squadft.config import OFFICIAL_SQUAD_BASE_URL, Config, redact_url
 from squadft.errors import ConfigError
 
@@ -13,11 +12,16 @@ def test_defaults_are_the_real_job() -> None:
     assert cfg.source == OFFICIAL_SQUAD_BASE_URL
     assert cfg.train_file == "train-v2.0.json" and cfg.dev_file == "dev-v2.0.json"
     assert cfg.model == "distilbert-base-uncased"
-    assert (cfg.max_seq_length, cfg.doc_stride, cfg.n_best, cfg.max_answer_length) == (384, 128, 20, 30)
+    assert (cfg.max_seq_length, cfg.doc_stride) == (384, 128)
+    assert (cfg.n_best, cfg.max_answer_length) == (20, 30)
 
 
 def test_precedence_default_preset_env_flag(monkeypatch: pytest.MonkeyPatch) -> None:
-    env = {"SQUADFT_BATCH_SIZE": "7", "SQUADFT_LENGTH_BUCKETING": "false", "SQUADFT_MAX_STEPS": "none"}
+    env = {
+        "SQUADFT_BATCH_SIZE": "7",
+        "SQUADFT_LENGTH_BUCKETING": "false",
+        "SQUADFT_MAX_STEPS": "none",
+    }
     cfg = Config.resolve({"learning_rate": 1e-3}, env=env, preset="demo")
     assert cfg.batch_size == 7  # env beats preset (demo says 16)
     assert cfg.learning_rate == 1e-3  # flag beats preset

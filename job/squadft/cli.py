@@ -137,7 +137,9 @@ PresetOption = Annotated[
 
 # --- commands -------------------------------------------------------------------------------
 
-@config_command(groups=("data",), help="Download SQuAD (train and dev) into the cache and verify it.")
+@config_command(
+    groups=("data",), help="Download SQuAD (train and dev) into the cache and verify it."
+)
 def pull(cfg: Config, preset: PresetOption = None) -> None:
     from squadft import pipeline
 
@@ -307,7 +309,7 @@ def predict(
         if input is not None:
             questions = report.read_questions_jsonl(input)
         else:
-            questions = [report.Question("question", question or "", context or "")]
+            questions = [report.question_from_flags(question or "", context or "")]
         cfg = _eval_config(
             eval_batch_size=batch_size, n_best=n_best, max_answer_length=max_answer_length,
             max_seq_length=max_seq_length, doc_stride=doc_stride, precision=precision,

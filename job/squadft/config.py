@@ -276,7 +276,8 @@ def _validate(cfg: Config) -> typing.Iterator[str]:
         value = getattr(cfg, f.name)
         if choices and value not in choices:
             yield f"{f.name} must be one of {', '.join(choices)} (got {value!r})"
-    positive = ("max_seq_length", "max_query_length", "s3_max_concurrency", "s3_upload_deadline", "batch_size", "eval_batch_size", "grad_accum_steps", "n_best",
+    positive = ("max_seq_length", "max_query_length", "s3_max_concurrency", "s3_upload_deadline",
+                "batch_size", "eval_batch_size", "grad_accum_steps", "n_best",
                 "max_answer_length", "logging_steps")
     for name in positive:
         if getattr(cfg, name) <= 0:

@@ -34,6 +34,9 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Bina
     except OSError as exc:
         raise StorageError(describe_os_error(exc, path)) from None
     try:
+        # mkstemp creates 0600 files; give the final file the usual permissions (0666 - umask)
+        # so other users and containers sharing the volume can read predictions and checkpoints.
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, mode) as handle:
             yield handle  # type: ignore[misc]
             handle.flush()
@@ -46,6 +49,12 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Bina
         _unlink_quietly(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _unlink_quietly(path: str) -> None:

@@ -231,7 +231,7 @@ def test_vectorised_equals_loop_reference(
     features = build_windows(examples, bert_tokenizer, max_seq_length=max_seq_length,
                              doc_stride=stride)
     if max_seq_length < 384:
-        assert len(features) > 3 * len(examples)
+        assert len(features) > 2 * len(examples)
     rng = np.random.default_rng(7)
     width = int(features.lengths.max()) + 5
     start = rng.standard_normal((len(features), width)).astype(np.float32) * 3

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from squadft.storage.s3 import S3Settings, make_client
+
 from tests.storage.fault_proxy import FaultProxy
 
 ACCESS_KEY = "squadft-test-access"
@@ -76,9 +76,8 @@ def _weed_binary() -> str:
 
 
 def _wait_until_ready(process: subprocess.Popen[bytes], endpoint: str, log_path: Path) -> None:
-    from botocore.config import Config as BotoConfig
-
     import boto3
+    from botocore.config import Config as BotoConfig
 
     client = boto3.client(
         "s3", endpoint_url=endpoint, region_name="us-east-1",
@@ -107,7 +106,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         return
     os.kill(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=3)
+        process.wait(timeout=1)
     except subprocess.TimeoutExpired:
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=10)

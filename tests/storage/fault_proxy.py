@@ -52,8 +52,10 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
+        self.answered: list[tuple[str, str, int]] = []  # forwarded requests and their status
         self.injected = 0
         self.lock = threading.Lock()
+        self.answered_changed = threading.Condition(self.lock)
         proxy = self
 
         class Handler(_ProxyHandler):
@@ -82,6 +84,20 @@ class FaultProxy:
         with self.lock:
             self.faults.append(fault)
         return fault
+
+    def wait_answered(self, method: str, path: str, timeout: float) -> bool:
+        """Wait until a forwarded request matching `path` (regex) got a 2xx answer upstream."""
+        def seen() -> bool:
+            return any(m == method and re.search(path, p) and 200 <= s < 300
+                       for m, p, s in self.answered)
+
+        with self.answered_changed:
+            return self.answered_changed.wait_for(seen, timeout=timeout)
+
+    def record_answer(self, method: str, path: str, status: int) -> None:
+        with self.answered_changed:
+            self.answered.append((method, path, status))
+            self.answered_changed.notify_all()
 
     def take_fault(self, method: str, path: str) -> Fault | None:
         with self.lock:
@@ -134,6 +150,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             assert fault is not None and fault.gate is not None
             fault.gate.wait(60)
         status, reason, headers, payload = self._forward(body)
+        self.owner.record_answer(self.command, self.path, status)
         self.send_response_only(status, reason)
         for name, value in headers:
             self.send_header(name, value)

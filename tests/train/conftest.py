@@ -3,8 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from squadft.config import Config
+
 from tests.train.common import run_settings
 
 
@@ -15,7 +15,8 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path,
     from squadft import pipeline
 
     cache = tmp_path_factory.mktemp("cache")
-    settings = run_settings(sample_dir, tiny_model_dir, cache, cache / "unused-output")
+    settings = run_settings(sample_dir, tiny_model_dir, cache,
+                            output_dir=str(cache / "unused-output"))
     pipeline.prepare(Config(**settings), verbose=False)
     return cache
 
@@ -23,7 +24,7 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path,
 @pytest.fixture
 def tiny_settings(sample_dir: Path, tiny_model_dir: Path, shared_cache: Path, tmp_path: Path):
     def make(output: str = "run", **overrides):
-        return run_settings(sample_dir, tiny_model_dir, shared_cache, tmp_path / output,
-                            **overrides)
+        overrides.setdefault("output_dir", str(tmp_path / output))
+        return run_settings(sample_dir, tiny_model_dir, shared_cache, **overrides)
 
     return make

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from squadft.errors import ConfigError
 from squadft.train.checkpoint import (
     MANIFEST_FORMAT,

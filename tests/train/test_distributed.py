@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from squadft.errors import ConfigError
 from squadft.train.distributed import (
     any_rank,

@@ -9,14 +9,20 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
 from squadft import pipeline
 from squadft.config import Config
 from squadft.errors import ModelLoadError, OutOfMemory, StorageError
 from squadft.train.checkpoint import verify_manifest
 from squadft.train.distributed import setup_distributed
 from squadft.train.loop import train_model
-from tests.train.common import load_weights, max_weight_difference, read_metrics, step_losses
+
+from tests.train.common import (
+    ADAM_COMPARABLE,
+    load_weights,
+    max_weight_difference,
+    read_metrics,
+    step_losses,
+)
 
 
 def test_loss_falls_and_final_model_loads_without_squadft(tiny_settings: Any) -> None:
@@ -46,7 +52,7 @@ def test_loss_falls_and_final_model_loads_without_squadft(tiny_settings: Any) ->
 
 
 def test_gradient_accumulation_matches_the_large_batch(tiny_settings: Any) -> None:
-    common = {"max_steps": 3, "length_bucketing": False, "learning_rate": 3e-3}
+    common = {"max_steps": 3, "length_bucketing": False, **ADAM_COMPARABLE}
     big = tiny_settings("big", batch_size=8, **common)
     accumulated = tiny_settings("accum", batch_size=4, grad_accum_steps=2, **common)
     pipeline.train(Config(**big))

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from squadft.train.schedule import linear_warmup_decay, make_scheduler, warmup_steps_for
 
 

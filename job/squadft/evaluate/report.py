@@ -398,6 +398,12 @@ class Question:
     context: str
 
 
+def question_from_flags(question: str, context: str, qid: str = "question") -> Question:
+    if not question.strip() or not context.strip():
+        raise ConfigError("--question and --context must not be empty")
+    return Question(qid, question, context)
+
+
 def read_questions_jsonl(path: str | Path) -> list[Question]:
     """{"id", "question", "context"} per line (blank lines skipped; id defaults to line-N)."""
     path = Path(path)

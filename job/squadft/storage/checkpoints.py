@@ -36,6 +36,7 @@ from squadft.storage.s3 import (
     make_client,
     missing_objects,
     read_manifest,
+    say,
     storage_error,
     upload_directory,
 )
@@ -135,7 +136,7 @@ def download_checkpoint(remote: RemoteCheckpoint, output_dir: str | Path, *, cli
     if local_manifest.is_file():
         if local_manifest.read_bytes() == remote.manifest.raw and verify_manifest(destination):
             return destination
-        log.warning("%s differs from the bucket's copy; downloading it again", destination)
+        say(f"{destination} differs from the bucket's copy; downloading it again", warning=True)
     return download_directory(client, remote.location, destination, settings, remote.manifest)
 
 
@@ -151,7 +152,7 @@ def fetch_latest_remote_checkpoint(cfg: Config, *, newer_than: int | None = None
     remote = find_latest_remote_checkpoint(cfg, client=client)
     if remote is None or (newer_than is not None and remote.step <= newer_than):
         return None
-    log.info("resuming from %s (step %d)", remote.location.uri, remote.step)
+    say(f"downloading {remote.location.uri} (step {remote.step}) to resume from it")
     return download_checkpoint(remote, cfg.output_dir, client=client, settings=settings)
 
 
@@ -249,8 +250,8 @@ class CheckpointUploader:
             if self._closed:
                 raise StorageError(f"cannot upload {directory}: the uploader is closed")
             if self._pending is not None:
-                log.info("%s superseded by %s before its upload started", self._pending.name,
-                         directory.name)
+                say(f"{self._pending.name} superseded by {directory.name} before its upload "
+                    "started (only the newest waiting checkpoint is uploaded)")
                 self.superseded.append(self._pending)
             self._pending = directory
             self._last_submitted = directory
@@ -313,18 +314,18 @@ class CheckpointUploader:
             result = upload_directory(directory, self._target(directory), client=self.client,
                                   settings=self.settings)
         except StorageError as exc:
-            log.warning("checkpoint upload failed: %s", exc)
+            say(f"checkpoint upload failed: {exc}", warning=True)
             self.failures.append(UploadFailure(directory, exc))
             return
         except Exception as exc:  # never let the thread die silently
             error = StorageError(f"cannot upload {directory}: {type(exc).__name__}: {exc}")
-            log.warning("checkpoint upload failed: %s", error)
+            say(f"checkpoint upload failed: {error}", warning=True)
             self.failures.append(UploadFailure(directory, error))
             return
         self.results.append(result)
-        log.info("%s", result.summary())
+        say(result.summary())
         if self.keep > 0 and directory.name.startswith("checkpoint-"):
             try:
                 prune_remote_checkpoints(self.client, self.base, self.keep)
             except StorageError as exc:
-                log.warning("pruning %s failed: %s", self.base.uri, exc)
+                say(f"pruning {self.base.uri} failed: {exc}", warning=True)

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -60,6 +61,12 @@ if TYPE_CHECKING:
     from squadft.config import Config
 
 log = logging.getLogger(__name__)
+
+
+def say(message: str, *, warning: bool = False) -> None:
+    """User-facing progress and warnings on stderr, in the CLI's format."""
+    prefix = "squadft: warning: " if warning else "squadft: "
+    print(prefix + message, file=sys.stderr, flush=True)
 
 MiB = 1 << 20
 RETRY_MODES = ("standard", "adaptive")
@@ -140,14 +147,19 @@ class S3Settings:
     @classmethod
     def from_config(cls, cfg: Config, **overrides: Any) -> S3Settings:
         defaults = cls()
+        # without Config fields for them, honour boto3's own variables for retry behaviour
+        env_mode = os.environ.get("AWS_RETRY_MODE", defaults.retry_mode)
+        env_attempts = os.environ.get("AWS_MAX_ATTEMPTS", "")
         values = {
             "endpoint_url": cfg.s3_endpoint_url,
             "region": cfg.s3_region,
             "addressing_style": cfg.s3_addressing_style,
             "max_concurrency": cfg.s3_max_concurrency,
             "deadline": float(cfg.s3_upload_deadline),
-            "retry_mode": getattr(cfg, "s3_retry_mode", defaults.retry_mode),
-            "max_attempts": getattr(cfg, "s3_max_attempts", defaults.max_attempts),
+            "retry_mode": getattr(cfg, "s3_retry_mode",
+                                  env_mode if env_mode in RETRY_MODES else defaults.retry_mode),
+            "max_attempts": getattr(cfg, "s3_max_attempts", int(env_attempts)
+                                    if env_attempts.isdigit() else defaults.max_attempts),
             "connect_timeout": getattr(cfg, "s3_connect_timeout", defaults.connect_timeout),
             "read_timeout": getattr(cfg, "s3_read_timeout", defaults.read_timeout),
         }
@@ -233,6 +245,9 @@ _CLIENT_ERROR_CAUSES = {
 }
 
 
+_TRANSIT_CORRUPTION = ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch")
+
+
 def _secret_values() -> list[str]:
     names = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
              "AWS_ACCESS_KEY_ID")
@@ -306,6 +321,8 @@ def _is_permanent(exc: BaseException) -> bool:
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
         return True
     if isinstance(exc, bx.ClientError):
+        if exc.response.get("Error", {}).get("Code") in _TRANSIT_CORRUPTION:
+            return False  # the body was damaged on the way: sending it again can succeed
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         return 400 <= int(status) < 500 and status not in (408, 429)
     return False
@@ -395,8 +412,8 @@ def _plan_upload(directory: Path, settings: S3Settings) -> tuple[list[_PlannedFi
         relpaths = sorted(local_manifest.files)
         extra = set(local_files(directory)) - set(relpaths)
         if extra:
-            log.warning("%s: %d files not in %s are not uploaded", directory, len(extra),
-                        MANIFEST_NAME)
+            say(f"{directory}: {len(extra)} files not listed in {MANIFEST_NAME} are not "
+                "uploaded", warning=True)
     else:
         relpaths = local_files(directory)
     planned = []
@@ -467,14 +484,17 @@ def _completion_counter() -> Any:
     return CompletionCounter()
 
 
-def _run_transfers(manager: Any, submit: Callable[[Any, list[Any]], Any], items: list[Any],
+def _run_transfers(submit: Callable[[Any, list[Any]], Any], items: list[Any],
                    deadline: _Deadline) -> dict[int, BaseException]:
     """Submit every item and wait; return failures by index. At the deadline cancel all and
     raise _DeadlineReached (in-flight requests end within the read timeout)."""
     counter = _completion_counter()
     futures = [submit(item, [counter]) for item in items]
     if not counter.wait_for(len(futures), deadline.remaining()):
-        manager.shutdown(cancel=True, cancel_msg="deadline reached")
+        # (TransferManager.shutdown(cancel=True) is broken in some s3transfer releases; the
+        # manager's __exit__ then waits only for requests already on the wire)
+        for future in futures:
+            future.cancel()
         raise _DeadlineReached
     failures: dict[int, BaseException] = {}
     for index, future in enumerate(futures):
@@ -525,7 +545,6 @@ def upload_directory(
         for rounds in range(1, 3):
             try:
                 failures = _run_transfers(
-                    manager,
                     lambda p, subscribers: manager.upload(
                         str(p.path), location.bucket, location.key(p.relpath),
                         extra_args=dict(extra_args), subscribers=subscribers),
@@ -534,7 +553,7 @@ def upload_directory(
             except _DeadlineReached:
                 raise StorageError(
                     f"cannot upload {directory} to {location.uri}: deadline of "
-                    f"{settings.deadline:.0f}s reached; no manifest written"
+                    f"{settings.deadline:g}s reached; no manifest written"
                 ) from None
             if not failures:
                 break
@@ -547,11 +566,14 @@ def upload_directory(
                     f"cannot upload {target}: {cause}"
                     f" ({len(failed)} of {len(planned)} files failed; no manifest written)"
                 )
-            log.warning("retrying %d files of %s after: %s", len(failed), location.uri,
-                        describe_cause(first, endpoint=endpoint))
+            say(f"retrying {len(failed)} files of {location.uri} after: "
+                f"{describe_cause(first, endpoint=endpoint)}", warning=True)
             remaining = failed
 
     uploaded = [_verify_object(client, location, p, endpoint) for p in planned]
+    if deadline.expired():
+        raise StorageError(f"cannot upload {directory} to {location.uri}: deadline of "
+                           f"{settings.deadline:g}s reached; no manifest written")
     try:
         client.put_object(Bucket=location.bucket, Key=manifest_key, Body=manifest_bytes,
                           ContentType="application/json")
@@ -606,7 +628,7 @@ def read_manifest(client: Any, location: S3Location) -> Manifest | None:
     try:
         return parse_manifest(body)
     except ManifestError as exc:
-        log.warning("ignoring %s: %s", location.object_uri(MANIFEST_NAME), exc)
+        say(f"ignoring {location.object_uri(MANIFEST_NAME)}: {exc}", warning=True)
         return None
 
 
@@ -660,7 +682,6 @@ def download_files(
     with create_transfer_manager(client, settings.transfer_config()) as manager:
         try:
             failures = _run_transfers(
-                manager,
                 lambda item, subscribers: manager.download(
                     location.bucket, location.key(item[0]), str(destination / item[0]),
                     subscribers=subscribers),
@@ -668,7 +689,7 @@ def download_files(
             )
         except _DeadlineReached:
             raise StorageError(f"cannot download {location.uri}: deadline of "
-                               f"{settings.deadline:.0f}s reached") from None
+                               f"{settings.deadline:g}s reached") from None
     if failures:
         index, exc = next(iter(failures.items()))
         raise storage_error(exc, "download", location.object_uri(items[index][0]),
@@ -771,14 +792,13 @@ class S3Source:
         with create_transfer_manager(self.client, self.settings.transfer_config()) as manager:
             try:
                 failures = _run_transfers(
-                    manager,
                     lambda _, extra: manager.download(self.location.bucket, key, str(dest),
                                                       subscribers=subscribers + extra),
                     [name], deadline,
                 )
             except _DeadlineReached:
                 raise DownloadError(f"cannot download {target}: deadline of "
-                                    f"{self.settings.deadline:.0f}s reached") from None
+                                    f"{self.settings.deadline:g}s reached") from None
         if failures:
             raise _source_error(failures[0], target, endpoint) from None
         digest = hash_file(dest)

@@ -100,9 +100,9 @@ class BatchSampler(torch.utils.data.Sampler[list[int]]):
     gets the same number of batches, as DistributedSampler does); with bucketing, cut it
     into mega-batches of ~50 global batches and sort each by length (similar lengths share a
     batch, so little padding) while keeping randomness across mega-batches; cut into global
-    batches; shuffle the batch order (so long batches are not clustered); rank r takes the r-th
-    slice of each global batch. `set_epoch(epoch, position)` starts mid-epoch after `position`
-    batches, which makes resuming exact.
+    batches; with bucketing, shuffle the batch order (so the long batches of a mega-batch
+    are not clustered); rank r takes the r-th slice of each global batch.
+    `set_epoch(epoch, position)` starts mid-epoch after `position` batches (exact resume).
     """
 
     def __init__(
@@ -156,6 +156,10 @@ class BatchSampler(torch.utils.data.Sampler[list[int]]):
                 [c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks]
             )
         batches = [order[i : i + size] for i in range(0, len(order), size)]
+        if not self.bucketing:
+            # consecutive slices of one permutation: k micro-batches of size b then hold
+            # exactly what one batch of size k*b holds (accumulation == a larger batch)
+            return batches
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def __len__(self) -> int:

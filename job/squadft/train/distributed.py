@@ -8,6 +8,7 @@ SLURM_JOB_NODELIST, a port derived from SLURM_JOB_ID) so both launch styles work
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Mapping
@@ -199,18 +200,31 @@ def all_reduce_sum(ctx: DistributedContext, values: list[float]) -> list[float]:
     return tensor.tolist()
 
 
+# The *_object collectives pickle tensors through torch's legacy storage path, which fails
+# for some tensors (e.g. RNG states) in recent torch; sending torch.save bytes avoids it.
+def _pack(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _unpack(data: bytes) -> Any:
+    # our own ranks' data, never a file from outside
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+
 def gather_to_main(ctx: DistributedContext, obj: Any) -> list[Any] | None:
     """Every rank's `obj` as a list on rank 0 (None elsewhere)."""
     if not ctx.is_distributed:
         return [obj]
     gathered: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(gathered, obj)
-    return gathered if ctx.is_main else None
+    dist.all_gather_object(gathered, _pack(obj))
+    return [_unpack(data) for data in gathered] if ctx.is_main else None
 
 
 def broadcast_from_main(ctx: DistributedContext, obj: Any) -> Any:
     if not ctx.is_distributed:
         return obj
-    box = [obj if ctx.is_main else None]
+    box = [_pack(obj) if ctx.is_main else None]
     dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return obj if ctx.is_main else _unpack(box[0])

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from squadft.config import Config
 from squadft.errors import EXIT_PREEMPTED, ConfigError, OutOfMemory, Preempted
-from squadft.io import atomic_write_json, atomic_write_text
+from squadft.io import atomic_write_json, atomic_write_text, ensure_writable_dir
 from squadft.train.batching import BatchDataset, BatchSampler, batch_summary
 from squadft.train.checkpoint import (
     RemoteFinder,
@@ -177,6 +177,8 @@ def train_model(
     (after saving the last completed step where possible) when a batch does not fit.
     """
     output_dir = Path(cfg.output_dir)
+    if ctx.is_main:
+        ensure_writable_dir(output_dir)
     device = ctx.device
     precision = resolve_precision(cfg.precision, device)
     if device.type == "cuda":

@@ -1,0 +1,126 @@
+"""Logits from a tiny DistilBERT: batching/padding invariance, precision, and 2-process DDP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from squadft.config import Config
+from squadft.data.features import Features
+from squadft.data.squad import Example
+from squadft.evaluate.inference import PADDING_LOGIT, predict_logits, resolve_precision
+
+from tests.evaluate.windows import build_windows
+from tests.helpers import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def small_set(dev_subset_examples: list[Example], bert_tokenizer: Any
+              ) -> tuple[list[Example], Features]:
+    examples = dev_subset_examples[:40]
+    return examples, build_windows(examples, bert_tokenizer, max_seq_length=128, doc_stride=48)
+
+
+def test_logits_shape_padding_and_batch_invariance(small_set: tuple[list, Features]) -> None:
+    _, features = small_set
+    model = make_tiny_model()
+    model.train()
+    start, end = predict_logits(model, features, batch_size=16, device="cpu", precision="fp32")
+    assert model.training  # the caller's mode is restored
+    lengths = features.lengths
+    assert start.shape == end.shape == (len(features), lengths.max())
+    assert start.dtype == np.float32
+    past_end = np.arange(start.shape[1])[None, :] >= lengths[:, None]
+    assert past_end.any() and (start[past_end] == PADDING_LOGIT).all()
+    assert (end[past_end] == PADDING_LOGIT).all()
+    assert np.isfinite(start).all() and start[~past_end].std() > 0
+
+    # One window at a time, no padding at all: the same logits (first 12 windows).
+    few = features.select(np.arange(12))
+    one_by_one_start, one_by_one_end = predict_logits(model, few, batch_size=1,
+                                                      device="cpu", precision="fp32")
+    width = one_by_one_start.shape[1]
+    np.testing.assert_allclose(start[:12, :width], one_by_one_start, atol=1e-5)
+    np.testing.assert_allclose(end[:12, :width], one_by_one_end, atol=1e-5)
+    assert (start[:12, width:] == PADDING_LOGIT).all()
+
+    # Straight from the model (DistilBERT: no token_type_ids) for window 3.
+    window = features.window(3)
+    with torch.no_grad():
+        model.eval()
+        out = model(input_ids=torch.from_numpy(window["input_ids"].astype(np.int64))[None])
+    n = len(window["input_ids"])
+    np.testing.assert_allclose(start[3, :n], out.start_logits[0].numpy(), atol=1e-5)
+
+
+def test_bf16_autocast_runs_close_to_fp32(small_set: tuple[list, Features]) -> None:
+    _, features = small_set
+    model = make_tiny_model()
+    start, _ = predict_logits(model, features, batch_size=32, device="cpu", precision="fp32")
+    low, _ = predict_logits(model, features, batch_size=32, device="cpu", precision="bf16")
+    assert low.dtype == np.float32
+    assert np.abs(low - start).max() < 0.1
+    assert resolve_precision("auto", torch.device("cpu")) is None
+    assert resolve_precision("fp16", torch.device("cpu")) is torch.float16
+
+
+def _distributed_worker(rank: int, init_file: str, model_dir: str, features: Features,
+                        examples: list[Example], out_dir: str) -> None:
+    from squadft.evaluate.report import evaluate_model
+    from squadft.modeling import load_model
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                         world_size=2)
+    try:
+        torch.manual_seed(0)
+        model = load_model(model_dir)
+        start, end = predict_logits(model, features, batch_size=8, device="cpu",
+                                    precision="fp32")
+        np.save(Path(out_dir) / f"start-{rank}.npy", start)
+        np.save(Path(out_dir) / f"end-{rank}.npy", end)
+        cfg = Config(eval_batch_size=8, precision="fp32")
+        metrics = evaluate_model(model, None, examples, features, cfg=cfg,
+                                 output_dir=Path(out_dir) / "eval", device="cpu")
+        (Path(out_dir) / f"metrics-{rank}.json").write_text(json.dumps(metrics))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_gloo_equals_single_process(
+    small_set: tuple[list[Example], Features], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import torch.multiprocessing as mp
+    from squadft.evaluate.report import evaluate_model
+    from squadft.modeling import load_model
+
+    examples, features = small_set
+    shared = tmp_path / "ddp"
+    shared.mkdir()
+    mp.spawn(_distributed_worker, nprocs=2, join=True,
+             args=(str(tmp_path / "rendezvous"), str(tiny_model_dir), features, examples,
+                   str(shared)))
+
+    model = load_model(str(tiny_model_dir))
+    start, end = predict_logits(model, features, batch_size=8, device="cpu", precision="fp32")
+    gathered_start = np.load(shared / "start-0.npy")
+    np.testing.assert_allclose(gathered_start, start, atol=1e-5)
+    np.testing.assert_allclose(np.load(shared / "end-0.npy"), end, atol=1e-5)
+    assert np.load(shared / "start-1.npy").shape == (0, start.shape[1])  # only rank 0 gathers
+
+    single = evaluate_model(model, None, examples, features,
+                            cfg=Config(eval_batch_size=8, precision="fp32"),
+                            output_dir=tmp_path / "single", device="cpu")
+    ranks = [json.loads((shared / f"metrics-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # every rank gets rank 0's metrics
+    timing = {"inference_seconds", "postprocess_seconds"}
+    for key, value in single.items():
+        if key not in timing:
+            assert ranks[0][key] == pytest.approx(value), key
+    single_predictions = json.loads((tmp_path / "single" / "predictions.json").read_text())
+    ddp_predictions = json.loads((shared / "eval" / "predictions.json").read_text())
+    assert ddp_predictions == single_predictions

@@ -1,0 +1,267 @@
+"""`squadft score`, `evaluate` and `predict`: output formats, warnings and one-line errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from squadft.cli import app
+from squadft.errors import DataError
+from squadft.evaluate.report import (
+    OFFICIAL_KEYS,
+    gold_from_squad,
+    read_questions_jsonl,
+    score_files,
+)
+from typer.testing import CliRunner
+
+from tests.conftest import DEV_SAMPLE
+
+runner = CliRunner()
+
+
+def _first_answers(dev_json: dict[str, Any]) -> dict[str, str]:
+    return {qa["id"]: (qa["answers"][0]["text"] if qa["answers"] else "")
+            for article in dev_json["data"] for p in article["paragraphs"] for qa in p["qas"]}
+
+
+def _write(path: Path, obj: Any) -> Path:
+    path.write_text(json.dumps(obj))
+    return path
+
+
+# --- score ------------------------------------------------------------------------------------
+
+
+def test_score_perfect_predictions(dev_json: dict[str, Any], tmp_path: Path) -> None:
+    predictions = _write(tmp_path / "p.json", _first_answers(dev_json))
+    result = runner.invoke(app, ["score", str(predictions), "--data", str(DEV_SAMPLE)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["exact"] == metrics["f1"] == 100.0
+    assert metrics["total"] == 4449 and metrics["NoAns_total"] == 2342
+    assert "best_f1" not in metrics and result.stderr == ""
+
+
+def test_score_always_no_answer_baseline_with_na_probs(
+    dev_json: dict[str, Any], tmp_path: Path
+) -> None:
+    ids = list(_first_answers(dev_json))
+    predictions = _write(tmp_path / "p.json", dict.fromkeys(ids, ""))
+    na_probs = _write(tmp_path / "na.json", dict.fromkeys(ids, 1.0))
+    result = runner.invoke(app, ["score", str(predictions), "--data", str(DEV_SAMPLE),
+                                 "--na-probs", str(na_probs)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["exact"] == metrics["f1"] == pytest.approx(100 * 2342 / 4449)  # 52.64
+    assert metrics["HasAns_exact"] == 0.0 and metrics["NoAns_exact"] == 100.0
+    assert metrics["best_f1"] == pytest.approx(100 * 2342 / 4449)
+
+
+def test_score_warns_about_missing_and_extra_ids(dev_json: dict[str, Any], tmp_path: Path) -> None:
+    answers = _first_answers(dev_json)
+    ids = list(answers)
+    kept = {qid: answers[qid] for qid in ids[100:]}
+    kept["not-a-question"] = "x"
+    predictions = _write(tmp_path / "p.json", kept)
+    result = runner.invoke(app, ["score", str(predictions), "--data", str(DEV_SAMPLE)])
+    assert result.exit_code == 0, result.output
+    assert "100 of 4449 questions have no prediction and count as wrong" in result.stderr
+    assert "1 predicted ids are not in the dataset" in result.stderr
+    assert json.loads(result.stdout)["exact"] == pytest.approx(100 * 4349 / 4449)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("", "the file is empty"),
+    ("{\"a\": ", "invalid JSON at line 1"),
+    ("[1, 2]", "expected a JSON object"),
+])
+def test_score_rejects_bad_prediction_files(tmp_path: Path, content: str, message: str) -> None:
+    predictions = tmp_path / "p.json"
+    predictions.write_text(content)
+    result = runner.invoke(app, ["score", str(predictions), "--data", str(DEV_SAMPLE)])
+    assert result.exit_code == 3
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_score_rejects_non_string_answers(dev_json: dict[str, Any], tmp_path: Path) -> None:
+    answers: dict[str, Any] = _first_answers(dev_json)
+    first = next(iter(answers))
+    answers[first] = ["a", "list"]
+    result = runner.invoke(app, ["score", str(_write(tmp_path / "p.json", answers)),
+                                 "--data", str(DEV_SAMPLE)])
+    assert result.exit_code == 3
+    assert f"answer for {first} is a list, not a string" in result.stderr
+
+
+def test_score_rejects_predictions_for_another_dataset(tmp_path: Path) -> None:
+    predictions = _write(tmp_path / "p.json", {"x": "y"})
+    result = runner.invoke(app, ["score", str(predictions), "--data", str(DEV_SAMPLE)])
+    assert result.exit_code == 3 and "no prediction matches" in result.stderr
+
+
+def test_score_warns_on_dataset_version(dev_json: dict[str, Any], tmp_path: Path) -> None:
+    old = dict(dev_json, version="1.1")
+    data = tmp_path / "dev.json.gz"
+    with gzip.open(data, "wt", encoding="utf-8") as handle:
+        json.dump(old, handle)
+    predictions = _write(tmp_path / "p.json", _first_answers(dev_json))
+    result = runner.invoke(app, ["score", str(predictions), "--data", str(data)])
+    assert result.exit_code == 0
+    assert "dataset version is '1.1', not v2.0" in result.stderr
+
+
+def test_score_rejects_bad_na_probs(dev_json: dict[str, Any], tmp_path: Path) -> None:
+    answers = _first_answers(dev_json)
+    predictions = _write(tmp_path / "p.json", answers)
+    na_probs = _write(tmp_path / "na.json", dict.fromkeys(list(answers)[:5], 0.5))
+    result = runner.invoke(app, ["score", str(predictions), "--data", str(DEV_SAMPLE),
+                                 "--na-probs", str(na_probs)])
+    assert result.exit_code == 3 and "na_probs has no value for 4444" in result.stderr
+
+
+def test_gold_is_read_like_the_official_script(dev_json: dict[str, Any]) -> None:
+    gold = gold_from_squad(dev_json)
+    assert len(gold.answers) == 4449 and gold.version == "v2.0"
+    assert sum(1 for texts in gold.answers.values() if not texts) == 2342
+    with pytest.raises(DataError, match="no top-level 'data' list"):
+        gold_from_squad({"version": "v2.0"})
+
+
+def test_score_files_returns_metrics_and_warnings(
+    dev_json: dict[str, Any], tmp_path: Path
+) -> None:
+    answers = _first_answers(dev_json)
+    del answers[next(iter(answers))]
+    report = score_files(_write(tmp_path / "p.json", answers), DEV_SAMPLE)
+    assert report.warnings == [f"1 of 4449 questions have no prediction and count as wrong "
+                               f"(first: {next(iter(_first_answers(dev_json)))})"]
+    assert report.metrics["exact"] == pytest.approx(100 * 4448 / 4449)
+
+
+# --- evaluate ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_evaluate_writes_official_formats(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    result = runner.invoke(app, [
+        "evaluate", "--model", str(tiny_model_dir), "--data", str(DEV_SAMPLE),
+        "--output-dir", str(out), "--max-eval-samples", "60", "--max-seq-length", "128",
+        "--doc-stride", "48", "--batch-size", "32", "--precision", "fp32",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "questions 60: EM" in result.stdout and "tuned on this data" in result.stdout
+
+    predictions = json.loads((out / "predictions.json").read_text())
+    na_probs = json.loads((out / "na_probs.json").read_text())
+    nbest = json.loads((out / "nbest_predictions.json").read_text())
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert len(predictions) == 60 and all(isinstance(v, str) for v in predictions.values())
+    assert set(na_probs) == set(predictions) == set(nbest)
+    assert all(0.0 <= p <= 1.0 for p in na_probs.values())
+    entry = next(iter(nbest.values()))
+    assert set(entry[0]) == {"text", "probability", "start_logit", "end_logit", "score",
+                             "answer_start"}
+    assert sum(e["probability"] for e in entry) == pytest.approx(1.0)
+    for key in OFFICIAL_KEYS + ("best_exact", "best_f1", "best_exact_thresh", "best_f1_thresh"):
+        assert key in metrics, key
+    for key in ("exact", "f1", "HasAns_exact", "NoAns_f1"):
+        assert f"raw_{key}" in metrics and f"tuned_{key}" in metrics
+    assert metrics["null_threshold_mode"] == "auto"
+    assert metrics["null_threshold"] == metrics["tuned_null_threshold"]
+    assert metrics["total"] == 60 and metrics["examples"] == 60
+
+    # Scoring the written files reproduces the written metrics (what evaluate-v2.0.py would do).
+    # Only the 60 evaluated questions: the rest of the dev file would count as missing.
+    subset = tmp_path / "dev60.json"
+    _write(subset, _subset(DEV_SAMPLE, set(predictions)))
+    rescored = runner.invoke(app, ["score", str(out / "predictions.json"), "--data", str(subset),
+                                   "--na-probs", str(out / "na_probs.json")])
+    assert rescored.exit_code == 0, rescored.output
+    again = json.loads(rescored.stdout)
+    for key, value in again.items():
+        assert metrics[key] == pytest.approx(value), key
+
+
+def _subset(path: Path, ids: set[str]) -> dict[str, Any]:
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        data = json.load(handle)
+    for article in data["data"]:
+        for paragraph in article["paragraphs"]:
+            paragraph["qas"] = [qa for qa in paragraph["qas"] if qa["id"] in ids]
+    return data
+
+
+def test_evaluate_rejects_a_bad_null_threshold(tiny_model_dir: Path) -> None:
+    result = runner.invoke(app, ["evaluate", "--model", str(tiny_model_dir), "--data",
+                                 str(DEV_SAMPLE), "--null-threshold", "sometimes"])
+    assert result.exit_code == 2 and "null_threshold must be 'auto' or a number" in result.stderr
+
+
+# --- predict ----------------------------------------------------------------------------------
+
+CONTEXT = ("The Normans were the people who in the 10th and 11th centuries gave their name to "
+           "Normandy, a region in France.")
+
+
+def test_predict_single_question(tiny_model_dir: Path) -> None:
+    args = ["predict", "--model", str(tiny_model_dir), "--question", "Who gave their name?",
+            "--context", CONTEXT, "--max-seq-length", "64", "--doc-stride", "16"]
+    answered = runner.invoke(app, [*args, "--null-threshold", "1e9"])
+    assert answered.exit_code == 0, answered.output
+    record = json.loads(answered.stdout)
+    assert set(record) == {"id", "answer", "best_span", "null_score_diff",
+                           "no_answer_probability"}
+    assert record["answer"] and record["answer"] == record["best_span"]
+    assert record["answer"] in CONTEXT
+    refused = json.loads(runner.invoke(app, [*args, "--null-threshold", "-1e9"]).stdout)
+    assert refused["answer"] == "" and refused["best_span"] == record["best_span"]
+
+
+def test_predict_jsonl_batch(tiny_model_dir: Path, tmp_path: Path) -> None:
+    questions = tmp_path / "q.jsonl"
+    lines = [{"id": f"q{i}", "question": f"Question number {i}?", "context": CONTEXT * (i + 1)}
+             for i in range(5)]
+    questions.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
+    out = tmp_path / "answers.jsonl"
+    result = runner.invoke(app, ["predict", "--model", str(tiny_model_dir), "--input",
+                                 str(questions), "--output", str(out), "--max-seq-length", "64",
+                                 "--doc-stride", "16", "--null-threshold", "1e9"])
+    assert result.exit_code == 0, result.output
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [a["id"] for a in answers] == [f"q{i}" for i in range(5)]
+    assert all(a["answer"] and a["answer"] in line["context"]
+               for a, line in zip(answers, lines, strict=True))
+
+
+def test_predict_reports_bad_input_in_one_line(tiny_model_dir: Path, tmp_path: Path) -> None:
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"id": "a", "question": "Q?", "context": CONTEXT}) + "\n"
+                         + json.dumps({"id": "b", "question": "", "context": CONTEXT}) + "\n")
+    result = runner.invoke(app, ["predict", "--model", str(tiny_model_dir), "--input",
+                                 str(questions)])
+    assert result.exit_code == 3
+    assert "line 2: 'question' must be a non-empty string" in result.stderr
+    neither = runner.invoke(app, ["predict", "--model", str(tiny_model_dir)])
+    assert neither.exit_code == 2 and "--input" in neither.stderr
+    half = runner.invoke(app, ["predict", "--model", str(tiny_model_dir), "--question", "Q?"])
+    assert half.exit_code == 2 and "go together" in half.stderr
+    empty = runner.invoke(app, ["predict", "--model", str(tiny_model_dir), "--question", " ",
+                                "--context", CONTEXT])
+    assert empty.exit_code == 2 and "must not be empty" in empty.stderr
+
+
+def test_read_questions_jsonl_errors(tmp_path: Path) -> None:
+    path = tmp_path / "q.jsonl"
+    path.write_text("\n\n")
+    with pytest.raises(DataError, match="no questions"):
+        read_questions_jsonl(path)
+    path.write_text("{not json\n")
+    with pytest.raises(DataError, match="line 1: invalid JSON"):
+        read_questions_jsonl(path)
+    path.write_text(json.dumps({"question": "Q?", "context": "C"}) + "\n")
+    assert read_questions_jsonl(path)[0].id == "line-1"

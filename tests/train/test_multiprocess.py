@@ -1,0 +1,166 @@
+"""Real processes: torchrun DDP on gloo (one node and two "nodes"), SIGKILL and SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.torch import load_file
+from squadft.errors import EXIT_PREEMPTED
+from squadft.train.checkpoint import verify_manifest
+
+from tests.train.common import (
+    ADAM_COMPARABLE,
+    REPO_ROOT,
+    free_port,
+    load_weights,
+    max_weight_difference,
+    read_metrics,
+    run,
+    run_settings,
+    squadft_command,
+    step_losses,
+    subprocess_env,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+STEPS = 40
+# one process with batch 8 == two ranks with batch 4 each (the sampler slices global batches)
+REFERENCE: dict[str, Any] = {"max_steps": STEPS, "save_steps": 10, "save_total_limit": 0,
+                             "batch_size": 8, **ADAM_COMPARABLE}
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+GLOO_ENV = {"GLOO_SOCKET_IFNAME": "lo"}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, tiny_model_dir: Path,
+              shared_cache: Path) -> Path:
+    """An uninterrupted single-process run everything else is compared with."""
+    out = tmp_path_factory.mktemp("reference")
+    settings = run_settings(sample_dir, tiny_model_dir, shared_cache, output_dir=str(out),
+                            **REFERENCE)
+    done = run(squadft_command(settings))
+    assert done.returncode == 0, done.stderr
+    assert len(step_losses(out)) == STEPS
+    return out
+
+
+def start(command: list[str], log: Path, **env: str) -> subprocess.Popen:
+    handle = open(log, "w")  # a file, not a pipe: a full pipe would block the child
+    return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                            env=subprocess_env(**GLOO_ENV, **env))
+
+
+def test_two_process_ddp_matches_one_process(tiny_settings: Any, tmp_path: Path,
+                                             reference: Path) -> None:
+    settings = tiny_settings("ddp", **{**REFERENCE, "batch_size": 4})
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    port = free_port()
+    done = run([*TORCHRUN, "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", f"127.0.0.1:{port}", "tests/train/ddp_worker.py",
+                json.dumps(settings), str(dump)], env=subprocess_env(**GLOO_ENV))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0 = load_file(dump / "rank-0.safetensors")
+    rank1 = load_file(dump / "rank-1.safetensors")
+    assert max_weight_difference(rank0, rank1) == 0  # DDP keeps the replicas identical
+    assert max_weight_difference(rank0, load_weights(reference / "final")) < 1e-5
+    out = Path(settings["output_dir"])
+    assert max_weight_difference(rank0, load_weights(out / "final")) == 0
+    for step, loss in step_losses(reference).items():
+        assert step_losses(out)[step] == pytest.approx(loss, abs=1e-5)
+    assert sorted(p.name for p in (out / "checkpoint-40").glob("rng_state_*")) == [
+        "rng_state_0.pt", "rng_state_1.pt"]
+
+
+def test_two_torchrun_nodes_with_c10d_rendezvous(tiny_settings: Any, tmp_path: Path,
+                                                  reference: Path) -> None:
+    settings = tiny_settings("nodes", **{**REFERENCE, "batch_size": 4})
+    port = free_port()
+    nodes = [
+        start([*TORCHRUN, "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+               "--rdzv-id", "squadft-test", "-m", "squadft", *squadft_command(settings)[3:]],
+              tmp_path / f"node{node}.log")
+        for node in (0, 1)
+    ]
+    for node, process in enumerate(nodes):
+        code = process.wait(timeout=240)
+        assert code == 0, (tmp_path / f"node{node}.log").read_text()[-3000:]
+    out = Path(settings["output_dir"])
+    assert max_weight_difference(load_weights(out / "final"),
+                                 load_weights(reference / "final")) < 1e-5
+    assert json.loads((out / "train_results.json").read_text())["world_size"] == 2
+
+
+def test_sigkill_then_resume_is_exact(tiny_settings: Any, tmp_path: Path,
+                                      reference: Path) -> None:
+    settings = tiny_settings("killed", **REFERENCE)
+    out = Path(settings["output_dir"])
+    process = start(squadft_command(settings), tmp_path / "killed.log")
+    wait_for(lambda: (out / "checkpoint-10" / "manifest.json").is_file(), 120,
+             "checkpoint-10", process)
+    process.kill()
+    assert process.wait(timeout=30) == -signal.SIGKILL
+    assert not (out / "final").exists(), "the run ended before it could be killed"
+
+    resumed = run(squadft_command(settings))
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(r"resuming from .*checkpoint-(10|20|30)", resumed.stderr)
+    assert step_losses(out) == step_losses(reference)  # bitwise, every step
+    assert max_weight_difference(load_weights(out / "final"),
+                                 load_weights(reference / "final")) == 0
+
+
+def test_sigterm_checkpoints_exits_75_and_resume_continues(tiny_settings: Any,
+                                                          tmp_path: Path) -> None:
+    settings = tiny_settings("preempted", max_steps=100_000)
+    out = Path(settings["output_dir"])
+    process = start(squadft_command(settings), tmp_path / "preempted.log")
+    wait_for(lambda: len(read_metrics(out)) >= 3, 120, "3 logged steps", process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == EXIT_PREEMPTED
+    log = (tmp_path / "preempted.log").read_text()
+    assert "received SIGTERM" in log and "squadft: error: stopped at step" in log
+    (checkpoint,) = out.glob("checkpoint-*")
+    step = int(checkpoint.name.split("-")[1])
+    assert verify_manifest(checkpoint) and step == len(read_metrics(out)) >= 3
+    assert not (out / "final").exists()
+
+    resumed = run(squadft_command({**settings, "max_steps": step + 2}))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {checkpoint}" in resumed.stderr
+    assert [m["step"] for m in read_metrics(out)] == list(range(1, step + 3))
+    assert verify_manifest(out / "final")
+
+
+def test_sigusr1_on_one_rank_stops_every_rank_at_the_same_step(tiny_settings: Any,
+                                                               tmp_path: Path) -> None:
+    settings = tiny_settings("ddp-preempted", max_steps=100_000, batch_size=4)
+    out = Path(settings["output_dir"])
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    port = free_port()
+    launcher = start([*TORCHRUN, "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+                      "--rdzv-endpoint", f"127.0.0.1:{port}", "tests/train/ddp_worker.py",
+                      json.dumps(settings), str(dump)], tmp_path / "torchrun.log")
+    wait_for(lambda: len(read_metrics(out)) >= 3 and (dump / "pid-1").is_file(), 120,
+             "3 logged steps", launcher)
+    import os
+
+    os.kill(int((dump / "pid-1").read_text()), signal.SIGUSR1)  # rank 1 only
+    launcher.wait(timeout=120)
+    outcomes = [json.loads((dump / f"outcome-{r}.json").read_text()) for r in (0, 1)]
+    steps = {int(re.search(r"stopped at step (\d+)", o["preempted"]).group(1)) for o in outcomes}
+    (checkpoint,) = out.glob("checkpoint-*")
+    assert steps == {int(checkpoint.name.split("-")[1])}
+    assert verify_manifest(checkpoint)
+    assert (checkpoint / "rng_state_1.pt").is_file()
