@@ -108,13 +108,19 @@ def time_interleaved(
     ours: Callable[[], Any], baseline: Callable[[], Any], repeats: int
 ) -> tuple[Timing, Timing]:
     """Alternate ours and baseline so that load from other processes hits both alike."""
-    ours_times, baseline_times = [], []
+    timings = time_round_robin({"ours": ours, "baseline": baseline}, repeats)
+    return timings["ours"], timings["baseline"]
+
+
+def time_round_robin(functions: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Timing]:
+    """Run every function once per round, `repeats` rounds; wall seconds of each call."""
+    seconds: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeats):
-        for fn, into in ((ours, ours_times), (baseline, baseline_times)):
+        for name, fn in functions.items():
             started = time.perf_counter()
             fn()
-            into.append(time.perf_counter() - started)
-    return Timing(ours_times), Timing(baseline_times)
+            seconds[name].append(time.perf_counter() - started)
+    return {name: Timing(values) for name, values in seconds.items()}
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

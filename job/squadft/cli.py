@@ -138,7 +138,8 @@ PresetOption = Annotated[
 # --- commands -------------------------------------------------------------------------------
 
 @config_command(
-    groups=("data",), help="Download SQuAD (train and dev) into the cache and verify it."
+    groups=("data", "storage"),
+    help="Download SQuAD (train and dev) into the cache and verify it.",
 )
 def pull(cfg: Config, preset: PresetOption = None) -> None:
     from squadft import pipeline
@@ -147,7 +148,7 @@ def pull(cfg: Config, preset: PresetOption = None) -> None:
 
 
 @config_command(
-    groups=("data", "features", "model"),
+    groups=("data", "features", "model", "storage"),
     help="Pull, parse and tokenize SQuAD into cached sliding-window features; print counts.",
 )
 def prepare(cfg: Config, preset: PresetOption = None) -> None:

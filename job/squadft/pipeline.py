@@ -169,7 +169,7 @@ def dev_loss(model: Any, features: Features, ctx: Any, batch_size: int, precisio
 
     from squadft.train.batching import collate
     from squadft.train.distributed import all_reduce_sum
-    from squadft.train.loop import autocast, takes_token_types
+    from squadft.train.loop import autocast, qa_loss, takes_token_types
 
     mine = np.arange(ctx.rank, len(features), ctx.world_size)
     total, count = 0.0, 0
@@ -180,7 +180,7 @@ def dev_loss(model: Any, features: Features, ctx: Any, batch_size: int, precisio
                      collate(features, indices, pad_token_id=pad_token_id,
                              with_token_types=takes_token_types(model)).items()}
             with autocast(precision, ctx.device):
-                loss = model(**batch).loss
+                loss = qa_loss(model, batch)
             total += float(loss) * len(indices)
             count += len(indices)
     total, count_all = all_reduce_sum(ctx, [total, float(count)])

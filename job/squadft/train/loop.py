@@ -96,6 +96,24 @@ def takes_token_types(model: torch.nn.Module) -> bool:
     return "token_type_ids" in inspect.signature(model.forward).parameters
 
 
+def qa_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean of the start and end cross-entropies over the real tokens of each window.
+
+    Unlike the models' built-in loss, padding positions are excluded from the softmax: with
+    dynamic padding their number depends on the other windows in the batch, so including
+    them would make a window's loss depend on how batches were formed (DDP vs one process).
+    """
+    labels = ("start_positions", "end_positions")
+    outputs = model(**{k: v for k, v in batch.items() if k not in labels})
+    padding = batch["attention_mask"] == 0
+    losses = []
+    for logits, positions in ((outputs.start_logits, batch["start_positions"]),
+                              (outputs.end_logits, batch["end_positions"])):
+        logits = logits.float().masked_fill(padding, torch.finfo(torch.float32).min)
+        losses.append(torch.nn.functional.cross_entropy(logits, positions))
+    return (losses[0] + losses[1]) / 2
+
+
 def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> Any:
     # Biases and LayerNorm weights are the only 1-D parameters; decaying them towards zero
     # only hurts (as in BERT's original recipe).
@@ -301,7 +319,7 @@ def train_model(
                         else train_model_.no_sync()
                     with sync:
                         with autocast(precision, device):
-                            loss = train_model_(**batch).loss / accum
+                            loss = qa_loss(train_model_, batch) / accum
                         scaler.scale(loss).backward()
                     step_loss += loss.detach()
                 scaler.unscale_(optimizer)
