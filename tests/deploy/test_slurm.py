@@ -1,0 +1,232 @@
+"""slurm/train.sh on a real single-node Slurm: header, launchers, signal forwarding, requeue.
+
+The cluster comes from .ci/slurm-up.sh (CI runs it first; the fixture runs it when `sinfo`
+does not answer). The mechanics tests use SQUADFT_CMD with tests/deploy/standin_trainer.py,
+which reacts to signals like squadft but needs no training; the last test runs the real
+`squadft train` with a tiny model through the same script, preempts it and lets it resume.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.slurm_cluster import (
+    REPO,
+    TRAIN_SCRIPT,
+    ensure_cluster,
+    job_fields,
+    node_idle,
+    run,
+    submit,
+    wait_until,
+)
+
+STANDIN = Path(__file__).with_name("standin_trainer.py")
+STANDIN_CMD = f"{sys.executable} {STANDIN}"
+SHELL_SCRIPTS = [TRAIN_SCRIPT, REPO / ".ci" / "slurm-up.sh", REPO / ".ci" / "build-image.sh"]
+FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
+LAUNCHERS = ["torchrun", "srun"]
+
+
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    ensure_cluster()
+
+
+def sbatch_header() -> dict[str, str]:
+    options = {}
+    for line in TRAIN_SCRIPT.read_text().splitlines():
+        if line.startswith("#SBATCH "):
+            key, _, value = line.removeprefix("#SBATCH ").partition("=")
+            options[key] = value
+    return options
+
+
+def finished(job_id: str) -> bool:
+    return job_fields(job_id)["JobState"] in FINISHED
+
+
+def wait_finished(job_id: str, log: Path, deadline_s: float = 120) -> dict[str, str]:
+    wait_until(lambda: finished(job_id), deadline_s, lambda: f"{job_fields(job_id)}\n{read(log)}")
+    return job_fields(job_id)
+
+
+def read(path: Path) -> str:
+    return path.read_text() if path.exists() else f"<{path} missing>"
+
+
+def preempt_and_resume(job_id: str, log: Path, ready: Path) -> dict[str, str]:
+    """USR1 to the batch shell, as --signal=B:USR1@120 does; then release the requeued job."""
+    wait_until(ready.exists, 120, lambda: f"{ready} never appeared\n{read(log)}")
+    result = run(["scancel", "--signal=USR1", "--batch", job_id])
+    assert result.returncode == 0, result.stderr
+
+    def requeued() -> bool:
+        fields = job_fields(job_id)
+        return fields["JobState"] == "PENDING" and fields["Restarts"] == "1"
+
+    wait_until(requeued, 90, lambda: f"{job_fields(job_id)}\n{read(log)}")
+    # A requeued job is held ~120 s; release it once the node has finished cleaning up after
+    # the first run (a start before that fails with "Job credential revoked").
+    wait_until(node_idle, 60, lambda: run(["sinfo"]).stdout)
+    result = run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
+    assert result.returncode == 0, result.stderr
+    return wait_finished(job_id, log, deadline_s=180)
+
+
+# --- static checks ---------------------------------------------------------------------------
+
+
+def test_shell_scripts_pass_shellcheck() -> None:
+    tool = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+    result = subprocess.run(
+        [tool, "--severity=style", *map(str, SHELL_SCRIPTS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_header_asks_for_the_preemption_contract() -> None:
+    header = sbatch_header()
+    assert header["--ntasks-per-node"] == "1"  # one torchrun per node
+    assert int(header["--gpus-per-node"]) >= 1
+    assert int(header["--cpus-per-task"]) >= 1
+    assert header["--signal"].startswith("B:USR1@")
+    assert int(header["--signal"].split("@")[1]) >= 60
+    assert "--requeue" in header and header["--open-mode"] == "append"
+    assert "%j" in header["--output"]
+    assert header["--time"]
+
+
+def test_sbatch_test_only_accepts_the_script_as_written(slurm: None) -> None:
+    result = run(["sbatch", "--test-only", str(TRAIN_SCRIPT)])
+    assert result.returncode == 0, result.stderr
+    assert "to start at" in result.stderr
+
+
+def test_unknown_launcher_is_a_configuration_error(slurm: None, tmp_path: Path) -> None:
+    job_id = submit([str(TRAIN_SCRIPT)], {"SQUADFT_LAUNCHER": "mpirun"}, tmp_path)
+    log = tmp_path / f"slurm-{job_id}.out"
+    fields = wait_finished(job_id, log)
+    assert fields["JobState"] == "FAILED" and fields["ExitCode"] == "2:0"
+    assert "SQUADFT_LAUNCHER must be torchrun or srun" in read(log)
+
+
+# --- the mechanics, with the stand-in trainer ----------------------------------------------
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_job_completes(slurm: None, tmp_path: Path, launcher: str) -> None:
+    out = tmp_path / "run"
+    env = {"SQUADFT_CMD": STANDIN_CMD, "SQUADFT_LAUNCHER": launcher}
+    job_id = submit([str(TRAIN_SCRIPT), "--output-dir", str(out)], env, tmp_path)
+    log = tmp_path / f"slurm-{job_id}.out"
+    fields = wait_finished(job_id, log)
+    text = read(log)
+    assert fields["JobState"] == "COMPLETED", text
+    assert fields["Restarts"] == "0"
+    # Launched through torchrun (or Slurm's own ranks), the program saw a rank and world size.
+    assert "standin: start rank=0 world=1 SLURM_RESTART_COUNT=0" in text
+    assert f"launcher {launcher}" in text
+    assert json.loads((out / "final.json").read_text()) == {"resumed_from": None}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_usr1_checkpoints_requeues_and_resumes(slurm: None, tmp_path: Path, launcher: str) -> None:
+    out = tmp_path / "run"
+    env = {"SQUADFT_CMD": STANDIN_CMD, "SQUADFT_LAUNCHER": launcher}
+    job_id = submit(
+        [str(TRAIN_SCRIPT), "--output-dir", str(out), "--wait-for-signal"], env, tmp_path
+    )
+    log = tmp_path / f"slurm-{job_id}.out"
+    fields = preempt_and_resume(job_id, log, out / "started.json")
+    text = read(log)
+    assert fields["JobState"] == "COMPLETED", text
+    assert fields["Restarts"] == "1"
+    # Exactly one signal reached the trainer (a second one would have killed it), it wrote
+    # its checkpoint, the script requeued, and the restart (count 1, same appended log)
+    # resumed from that checkpoint.
+    assert json.loads((out / "checkpoint.json").read_text()) == {"step": 7, "signal": "SIGUSR1"}
+    assert "second signal" not in text
+    assert "standin: got SIGUSR1, checkpoint at step 7, exiting 75" in text
+    assert "requeueing (restart 1)" in text
+    assert "standin: start rank=0 world=1 SLURM_RESTART_COUNT=1" in text
+    assert "standin: resumed from step 7" in text
+    assert json.loads((out / "final.json").read_text()) == {"resumed_from": 7}
+
+
+def test_requeue_limit_stops_requeueing(slurm: None, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {"SQUADFT_CMD": STANDIN_CMD, "SQUADFT_MAX_REQUEUES": "0"}
+    job_id = submit(
+        [str(TRAIN_SCRIPT), "--output-dir", str(out), "--wait-for-signal"], env, tmp_path
+    )
+    log = tmp_path / f"slurm-{job_id}.out"
+    wait_until((out / "started.json").exists, 120, lambda: read(log))
+    assert run(["scancel", "--signal=USR1", "--batch", job_id]).returncode == 0
+    fields = wait_finished(job_id, log)
+    assert fields["JobState"] == "FAILED" and fields["Restarts"] == "0", read(log)
+    assert "not requeueing" in read(log)
+    assert (out / "checkpoint.json").exists()
+
+
+# --- the real trainer ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_real_squadft_is_preempted_requeued_and_resumes(
+    slurm: None, tmp_path: Path, tiny_model_dir: Path, sample_dir: Path
+) -> None:
+    out = tmp_path / "run"
+    env = {
+        "SQUADFT_SOURCE": sample_dir.as_uri(),
+        "SQUADFT_TRAIN_FILE": "train-v2.0-first10.json.gz",
+        "SQUADFT_DEV_FILE": "dev-v2.0-first12.json.gz",
+        "SQUADFT_MODEL": str(tiny_model_dir),
+        "SQUADFT_CACHE_DIR": str(tmp_path / "cache"),
+        "SQUADFT_NUM_WORKERS": "0",
+        "SQUADFT_PRECISION": "fp32",
+        "HF_HUB_OFFLINE": "1",
+    }
+    args = [
+        str(TRAIN_SCRIPT),
+        "--output-dir",
+        str(out),
+        "--max-train-samples",
+        "16",
+        "--max-eval-samples",
+        "8",
+        "--max-seq-length",
+        "128",
+        "--doc-stride",
+        "32",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "40",
+        "--save-steps",
+        "2",
+        "--logging-steps",
+        "2",
+    ]
+    job_id = submit(args, env, tmp_path)
+    log = tmp_path / f"slurm-{job_id}.out"
+    fields = preempt_and_resume(job_id, log, out / "checkpoint-2" / "manifest.json")
+    text = read(log)
+    assert fields["JobState"] == "COMPLETED", text
+    assert fields["Restarts"] == "1"
+    assert "on a preemption signal" in text, text
+    assert "second SIGUSR1" not in text
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["steps"] == 40
+    assert results["resumed_from"] and "checkpoint-" in results["resumed_from"], results
+    assert (out / "final" / "manifest.json").exists()
+    assert "best_f1" in json.loads((out / "eval_results.json").read_text())
