@@ -12,6 +12,8 @@
 #   IMAGE_WORKDIR   cache for base.tar and the torch wheel    (/var/tmp/squadft-image)
 #   IMAGE_TAG       tag of the built image                    (squadft:ci)
 #   IMAGE_DEMO      1 = also run `squadft demo` in the image  (1)
+#   IMAGE_DEMO_ARGS extra flags for that demo, e.g. "--max-steps 5 --max-eval-samples 50"
+#                   for a short run (unset: the whole demo, ~5 min on 2 idle CPU cores)
 #   TORCH_WHEEL     a torch wheel file to use instead of `pip download torch==<pin>`
 #   IMAGE_EXPORT    write the image as an OCI archive to this path (unset: no export)
 set -euo pipefail
@@ -128,11 +130,12 @@ step "squadft --help, user $IMAGE_UID, writable /cache and /workspace"
 if [ "$IMAGE_DEMO" = 1 ]; then
     # HF_HUB_OFFLINE: the demo must need nothing but the image (chroot isolation shares the
     # host network, so this is the closest to --network none buildah allows here).
+    read -r -a demo_args <<<"${IMAGE_DEMO_ARGS:-}"
     buildah run --isolation chroot --user "$IMAGE_UID:$IMAGE_UID" \
-        --env HF_HUB_OFFLINE=1 "$ctr" -- squadft demo
+        --env HF_HUB_OFFLINE=1 "$ctr" -- squadft demo "${demo_args[@]}"
     in_image test -s /workspace/output/demo/final/manifest.json \
         || fail "demo left no /workspace/output/demo/final/manifest.json"
-    step "squadft demo inside the image (offline, user $IMAGE_UID)"
+    step "squadft demo ${IMAGE_DEMO_ARGS:-} inside the image (offline, user $IMAGE_UID)"
 fi
 
 if [ -n "${IMAGE_EXPORT:-}" ]; then

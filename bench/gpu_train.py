@@ -159,10 +159,17 @@ def peak_tflops(device: torch.device, flag: float | None) -> tuple[float | None,
     if device.type != "cuda":
         return None, "none (not a GPU)"
     name = torch.cuda.get_device_name(device)
+    value = peak_for_device_name(name)
+    if value is None:
+        return None, f"unknown for {name!r}: pass --peak-tflops"
+    return value, f"{value:g} TFLOP/s dense bf16 (from the device name {name!r})"
+
+
+def peak_for_device_name(name: str) -> float | None:
     for needle, value in DENSE_BF16_TFLOPS:
         if needle in name:
-            return value, f"{value:g} TFLOP/s dense bf16 ({needle}, from the device name)"
-    return None, f"unknown for {name!r}: pass --peak-tflops"
+            return value
+    return None
 
 
 def make_batches(features: Any, batch_size: int, count: int, device: torch.device,

@@ -18,6 +18,7 @@ from squadft.config import Config
 from squadft.data.features import FeatureReport, Features, load_or_build_features
 from squadft.data.pull import FetchedFile, pull_dataset
 from squadft.data.squad import Example, ParseReport, load_squad
+from squadft.errors import StorageError
 from squadft.io import atomic_write_json, ensure_writable_dir
 
 EVAL_RESULTS_FILE = "eval_results.json"
@@ -110,6 +111,16 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
         if ctx.is_main:
             ensure_writable_dir(output_dir)  # fail now, not after hours of training
             cfg.save(output_dir)
+        uploader = None
+        if cfg.s3_uri and ctx.is_main and on_checkpoint is None:
+            # checks the bucket and credentials now: a wrong key fails before training, not
+            # after the first checkpoint hours later
+            from squadft.storage.checkpoints import CheckpointUploader
+            from squadft.storage.checkpoints import remote_finder as s3_remote_finder
+
+            uploader = CheckpointUploader.from_config(cfg)
+            on_checkpoint = uploader
+            remote_finder = remote_finder or s3_remote_finder(cfg)
         tokenizer = load_tokenizer(cfg.model)
         splits = ("train", "dev") if cfg.do_eval else ("train",)
         # rank 0 downloads and tokenizes; the others then find everything in the cache
@@ -124,8 +135,22 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
         if ctx.is_main:
             say(f"training {cfg.model} on {len(data.train.features):,} windows, "
                 f"{ctx.world_size} process(es) on {ctx.device.type}, output in {output_dir}")
-        result = train_model(cfg, model, tokenizer, data.train.features, ctx,
-                             on_checkpoint=on_checkpoint, remote_finder=remote_finder)
+        try:
+            result = train_model(cfg, model, tokenizer, data.train.features, ctx,
+                                 on_checkpoint=on_checkpoint, remote_finder=remote_finder)
+        except BaseException:
+            # preempted (or failed after saving): the last checkpoint should still reach the
+            # bucket; if the grace period ends first, SIGKILL leaves it without a manifest,
+            # so the previous complete checkpoint is used on resume
+            if uploader is not None:
+                try:
+                    uploader.close(timeout=cfg.s3_upload_deadline)
+                except StorageError as exc:
+                    say(f"warning: {exc}")
+            raise
+        if uploader is not None:
+            say(f"waiting for the upload of {result.final_dir} to {cfg.s3_uri}")
+            uploader.close(timeout=cfg.s3_upload_deadline)
         if ctx.is_main:
             loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
             say(f"trained {result.steps} steps ({result.epochs} epochs), final loss {loss}, "

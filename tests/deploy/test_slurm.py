@@ -9,9 +9,11 @@ which reacts to signals like squadft but needs no training; the last test runs t
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,9 +74,12 @@ def preempt_and_resume(job_id: str, log: Path, ready: Path) -> dict[str, str]:
         return fields["JobState"] == "PENDING" and fields["Restarts"] == "1"
 
     wait_until(requeued, 90, lambda: f"{job_fields(job_id)}\n{read(log)}")
-    # A requeued job is held ~120 s; release it once the node has finished cleaning up after
-    # the first run (a start before that fails with "Job credential revoked").
+    requeued_at = math.floor(time.time())
+    # A requeued job is held ~120 s; release it once the node has cleaned up after the first
+    # run and the clock has passed the second in which the requeue revoked the job's
+    # credential (slurmd refuses a credential created in that second or before it).
     wait_until(node_idle, 60, lambda: run(["sinfo"]).stdout)
+    wait_until(lambda: time.time() >= requeued_at + 1, 5, lambda: "clock did not advance")
     result = run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
     assert result.returncode == 0, result.stderr
     return wait_finished(job_id, log, deadline_s=180)
@@ -165,7 +170,7 @@ def test_usr1_checkpoints_requeues_and_resumes(slurm: None, tmp_path: Path, laun
 
 def test_requeue_limit_stops_requeueing(slurm: None, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    env = {"SQUADFT_CMD": STANDIN_CMD, "SQUADFT_MAX_REQUEUES": "0"}
+    env = {"SQUADFT_CMD": STANDIN_CMD, "SQUADFT_MAX_REQUEUES": "0", "SQUADFT_LAUNCHER": "srun"}
     job_id = submit(
         [str(TRAIN_SCRIPT), "--output-dir", str(out), "--wait-for-signal"], env, tmp_path
     )

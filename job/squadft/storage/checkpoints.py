@@ -156,16 +156,16 @@ def fetch_latest_remote_checkpoint(cfg: Config, *, newer_than: int | None = None
     return download_checkpoint(remote, cfg.output_dir, client=client, settings=settings)
 
 
-def remote_finder(cfg: Config) -> Callable[[str], Path | None]:
+def remote_finder(cfg: Config) -> Callable[[str, int | None], Path | None]:
     """The `remote_finder` for train.checkpoint.resolve_resume: "auto" -> the newest complete
     checkpoint in cfg.s3_uri downloaded into cfg.output_dir (None if the bucket has none);
     "s3://.../checkpoint-<step>" -> that checkpoint, downloaded and verified."""
 
-    def find(spec: str) -> Path | None:
+    def find(spec: str, newer_than: int | None = None) -> Path | None:
         settings = S3Settings.from_config(cfg)
         client = make_client(settings)
         if spec == "auto":
-            return fetch_latest_remote_checkpoint(cfg, client=client)
+            return fetch_latest_remote_checkpoint(cfg, newer_than=newer_than, client=client)
         if not spec.startswith("s3://"):
             raise ConfigError(f"--resume {spec}: only s3:// checkpoints can be fetched remotely")
         remote = remote_checkpoint_at(spec, client=client)

@@ -34,7 +34,9 @@ MANIFEST_FORMAT = "squadft-checkpoint/1"
 TRAINER_STATE = "trainer_state.json"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
-RemoteFinder = Callable[[str], Path | None]
+# remote_finder(spec, newer_than): spec is "auto" or a remote checkpoint URI; for "auto" it
+# returns the newest complete remote checkpoint above step `newer_than` (downloaded), else None.
+RemoteFinder = Callable[[str, int | None], Path | None]
 """Resolves `--resume` remotely: called with "auto" when no local checkpoint is complete, or
 with a non-local spec (s3://...); returns a complete local checkpoint directory or None."""
 
@@ -128,18 +130,20 @@ def find_latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
 def resolve_resume(
     resume: str, output_dir: str | os.PathLike[str], remote_finder: RemoteFinder | None = None
 ) -> Path | None:
-    """--resume: "never", "auto" (newest complete local, else remote) or one checkpoint."""
+    """--resume: "never", "auto" (the newest complete checkpoint, local or remote) or one."""
     if resume == "never":
         return None
     if resume == "auto":
         local = find_latest_checkpoint(output_dir)
-        if local is not None or remote_finder is None:
+        if remote_finder is None:
             return local
-        return remote_finder("auto")
+        # a requeued job may land on a node whose disk holds an older checkpoint (or none)
+        remote = remote_finder("auto", checkpoint_step(local) if local is not None else None)
+        return remote if remote is not None else local
     if "://" in resume and not resume.startswith("file://"):
         if remote_finder is None:
             raise ConfigError(f"--resume {resume}: no remote storage configured for this scheme")
-        found = remote_finder(resume)
+        found = remote_finder(resume, None)
         if found is None:
             raise ConfigError(f"--resume {resume}: no complete checkpoint there")
         return found
@@ -279,13 +283,23 @@ def save_final(output_dir: str | os.PathLike[str], model: Any, tokenizer: Any, c
     return output_dir / "final"
 
 
-def rotate_checkpoints(output_dir: str | os.PathLike[str], keep: int) -> list[Path]:
-    """Delete all but the newest `keep` complete checkpoints (0 keeps all); returns deleted."""
+def rotate_checkpoints(
+    output_dir: str | os.PathLike[str],
+    keep: int,
+    protect: set[Path] | frozenset[Path] = frozenset(),
+) -> list[Path]:
+    """Delete all but the newest `keep` complete checkpoints (0 keeps all); returns deleted.
+
+    `protect`: directories still being uploaded; they survive this rotation (and a later one
+    removes them)."""
     if keep <= 0:
         return []
     complete = [p for p in list_checkpoints(output_dir) if (p / MANIFEST).is_file()]
+    protected = {Path(p).resolve() for p in protect}
     deleted = []
     for path in complete[keep:]:
+        if path.resolve() in protected:
+            continue
         # drop the manifest first: a half-deleted directory must never look complete
         (path / MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(path, ignore_errors=True)

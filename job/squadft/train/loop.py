@@ -56,6 +56,9 @@ METRICS_FILE = "metrics.jsonl"
 TRAIN_RESULTS_FILE = "train_results.json"
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
+# Called on rank 0 when a checkpoint (or final/) is complete on disk. If it also has a
+# `busy_paths() -> set[Path]` method (storage.checkpoints.CheckpointUploader does), those
+# directories are kept by the local rotation until their upload is done.
 OnCheckpoint = Callable[[Path], None]
 
 
@@ -279,9 +282,11 @@ def train_model(
             path = save_checkpoint(output_dir, model=model, tokenizer=tokenizer,
                                    optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                                    state=state, cfg=cfg, rng_states=rng_states or [])
-            rotate_checkpoints(output_dir, cfg.save_total_limit)
             if on_checkpoint is not None:
                 on_checkpoint(path)
+            busy = getattr(on_checkpoint, "busy_paths", None)
+            rotate_checkpoints(output_dir, cfg.save_total_limit,
+                               protect=busy() if busy is not None else frozenset())
         # every rank waits until the checkpoint is complete: a rank that exited early on
         # preemption would make torchrun kill rank 0 in the middle of writing it
         barrier(ctx)

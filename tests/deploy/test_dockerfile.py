@@ -1,0 +1,268 @@
+"""The Dockerfile, .dockerignore and docker/constraints*.txt, checked without building.
+
+The real build runs in CI as its own step (.ci/build-image.sh, a few minutes); these checks
+are the fast part: hadolint, the structure the issue asks for, and pins that cover exactly
+what the package needs, at the versions this test environment runs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from squadft import __version__
+
+from tests.deploy.manifests import IMAGE_UID, REPO, pod_templates
+
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+CONSTRAINTS = REPO / "docker" / "constraints.txt"
+TORCH_CONSTRAINTS = REPO / "docker" / "constraints-torch.txt"
+BUILD_CONSTRAINTS = REPO / "docker" / "constraints-build.txt"
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    result: list[tuple[str, str]] = []
+    pending = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):  # Docker drops comments inside RUNs too
+            continue
+        pending += " " + stripped.removesuffix("\\").strip()
+        if not stripped.endswith("\\"):
+            keyword, _, arguments = pending.strip().partition(" ")
+            result.append((keyword.upper(), arguments.strip()))
+            pending = ""
+    return result
+
+
+def stages(text: str) -> list[list[tuple[str, str]]]:
+    groups: list[list[tuple[str, str]]] = [[]]
+    for keyword, arguments in instructions(text):
+        if keyword == "FROM":
+            groups.append([])
+        groups[-1].append((keyword, arguments))
+    return groups  # groups[0]: the global ARGs before the first FROM
+
+
+def pins(*paths: Path) -> dict[str, str]:
+    found = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                name, _, version = line.partition("==")
+                assert version, f"{path.name}: {line!r} is not pinned with =="
+                found[canonicalize_name(name)] = version
+    return found
+
+
+def requirement_closure(roots: list[str], skip: set[str]) -> set[str]:
+    """Names of the installed distributions `roots` need at run time, not descending into skip."""
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen or name in skip:
+            continue
+        seen.add(name)
+        for spec in importlib.metadata.distribution(name).requires or []:
+            requirement = Requirement(spec)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return seen
+
+
+def installed_version(name: str) -> str:
+    return importlib.metadata.version(name).split("+")[0]
+
+
+# --- lint and structure ----------------------------------------------------------------------
+
+
+def test_hadolint_reports_nothing() -> None:
+    tool = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    result = subprocess.run(
+        [tool, "--failure-threshold", "style", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+    # Every inline ignore must say why on the same line.
+    for line in DOCKERFILE.read_text().splitlines():
+        if "hadolint ignore" in line:
+            assert re.search(r"hadolint ignore=\S+\s+#?\s*\w+", line), line
+
+
+def test_base_image_is_a_pinned_cuda_pytorch_runtime_by_default() -> None:
+    head = stages(DOCKERFILE.read_text())[0]
+    args = dict(arguments.partition("=")[::2] for keyword, arguments in head if keyword == "ARG")
+    image = args["BASE_IMAGE"]
+    repository, _, tag = image.rpartition(":")
+    assert repository == "pytorch/pytorch"
+    assert re.fullmatch(r"\d+\.\d+\.\d+-cuda\d+\.\d+-cudnn\d+-runtime", tag), tag
+
+
+def test_multi_stage_and_the_final_stage_installs_nothing() -> None:
+    all_stages = stages(DOCKERFILE.read_text())[1:]
+    assert len(all_stages) >= 2
+    assert all(stage[0][1].startswith("${BASE_IMAGE}") for stage in all_stages)
+    builder = all_stages[0][0][1]
+    assert builder.endswith(" AS builder")
+    final = all_stages[-1]
+    runs = " ".join(arguments for keyword, arguments in final if keyword == "RUN")
+    for tool in ("pip", "apt-get", "apk", "conda", "gcc", "make"):
+        assert tool not in runs, f"{tool} in the final stage"
+    copies = [arguments for keyword, arguments in final if keyword == "COPY"]
+    assert copies == ["--from=builder /opt/venv /opt/venv"]
+
+
+def test_final_stage_user_entrypoint_labels_and_writable_dirs() -> None:
+    final = stages(DOCKERFILE.read_text())[-1]
+    keywords = [keyword for keyword, _ in final]
+    values = {keyword: arguments for keyword, arguments in final}  # last one wins
+    assert values["USER"] == f"{IMAGE_UID}:{IMAGE_UID}"  # numeric: runAsNonRoot can verify it
+    assert keywords.index("USER") > keywords.index("RUN")  # nothing runs as root after USER
+    assert values["ENTRYPOINT"] == '["squadft"]'
+    assert values["CMD"] == '["--help"]'
+    assert "HEALTHCHECK" not in keywords
+    assert "No HEALTHCHECK" in DOCKERFILE.read_text()  # and the reason is written down
+    assert values["VOLUME"] == '["/cache", "/workspace"]'
+    assert values["WORKDIR"] == "/workspace"
+    env = " ".join(arguments for keyword, arguments in final if keyword == "ENV")
+    for setting in ("HF_HOME=/cache/", "SQUADFT_CACHE_DIR=/cache/", "XDG_CACHE_HOME=/cache"):
+        assert setting in env
+    labels = " ".join(arguments for keyword, arguments in final if keyword == "LABEL")
+    for key in ("title", "description", "version", "revision", "licenses", "base.name"):
+        assert f"org.opencontainers.image.{key}=" in labels
+    args = dict(arguments.partition("=")[::2] for keyword, arguments in final if keyword == "ARG")
+    assert args["VERSION"] == __version__
+
+
+def test_kubernetes_runs_the_image_as_its_user() -> None:
+    for label, template in pod_templates():
+        assert template["spec"]["securityContext"]["runAsUser"] == IMAGE_UID, label
+
+
+def test_pip_installs_are_pinned_and_offline_capable() -> None:
+    text = DOCKERFILE.read_text()
+    demo = re.search(r'ARG DEMO_MODEL_REQUIREMENT="([^"]+)"', text)
+    assert demo, "the demo model requirement must be a build argument"
+    name, _, version = demo.group(1).partition("==")
+    assert version == installed_version(name)
+    for keyword, arguments in instructions(text):
+        if keyword == "RUN" and "pip" in arguments:
+            assert "--no-cache-dir" in arguments
+            # A mounted wheelhouse at /wheels switches pip to it alone (CI, air-gapped sites).
+            assert "PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels" in arguments
+
+
+# --- the build context -------------------------------------------------------------------------
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    result = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").strip("/")
+        if any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes):
+            result = not negate
+    return result
+
+
+def test_dockerignore_sends_only_what_the_build_copies() -> None:
+    patterns = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    needed = [
+        "pyproject.toml",
+        "README.md",
+        "docker/constraints.txt",
+        "docker/constraints-torch.txt",
+        "docker/constraints-build.txt",
+    ]
+    needed += [
+        str(p.relative_to(REPO))
+        for p in (REPO / "job").rglob("*")
+        if p.is_file()
+        and not any(part == "__pycache__" or part.endswith(".egg-info") for part in p.parts)
+    ]
+    for path in needed:
+        assert not ignored(path, patterns), path
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "tests/conftest.py",
+        "k8s/train-job.yaml",
+        "job/squadft/__pycache__/cli.cpython-311.pyc",
+        "output/demo/final/x",
+        "squadft.egg-info/PKG-INFO",
+        "Dockerfile",
+    ):
+        assert ignored(path, patterns), path
+    sources = [
+        arguments.split()[0]
+        for keyword, arguments in instructions(DOCKERFILE.read_text())
+        if keyword == "COPY" and not arguments.startswith("--from")
+    ]
+    for source in sources:
+        assert not ignored(source.rstrip("/"), patterns), source
+        assert (REPO / source).exists(), source
+
+
+# --- pins ----------------------------------------------------------------------------------
+
+
+def test_constraints_pin_every_runtime_dependency_at_the_tested_version() -> None:
+    runtime = pins(CONSTRAINTS)
+    torch_only = pins(TORCH_CONSTRAINTS)
+    assert "torch" not in runtime and "torch" not in torch_only  # from the base image
+    needed = requirement_closure(["squadft"], skip={"torch"}) - {"squadft"}
+    missing = sorted(needed - set(runtime))
+    assert not missing, f"add to docker/constraints.txt: {missing}"
+    extra = sorted(set(runtime) - needed)
+    assert not extra, f"docker/constraints.txt pins packages squadft does not need: {extra}"
+    torch_needs = requirement_closure(["torch"], skip=set()) - {"torch"}
+    missing = sorted(torch_needs - set(runtime) - set(torch_only))
+    assert not missing, f"add to docker/constraints-torch.txt: {missing}"
+    stale = {
+        name: (version, installed_version(name))
+        for name, version in {**runtime, **torch_only}.items()
+        if installed_version(name) != version
+    }
+    assert not stale, f"pins differ from the tested environment (pinned, installed): {stale}"
+
+
+def test_build_backend_is_pinned_within_pyproject_requirement() -> None:
+    import tomllib
+
+    backend = pins(BUILD_CONSTRAINTS)
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    for spec in pyproject["build-system"]["requires"]:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in backend, f"pin {name} in docker/constraints-build.txt"
+        assert requirement.specifier.contains(backend[name]), (spec, backend[name])
+
+
+@pytest.mark.parametrize(
+    "path", [CONSTRAINTS, TORCH_CONSTRAINTS, BUILD_CONSTRAINTS], ids=lambda p: p.name
+)
+def test_pin_files_are_sorted_and_unique(path: Path) -> None:
+    names = list(pins(path))
+    assert names == sorted(set(names))
