@@ -41,13 +41,23 @@ def load_tokenizer(name_or_path: str) -> Any:
 def load_model(name_or_path: str, **kwargs: Any) -> Any:
     """AutoModelForQuestionAnswering; checks that only the QA head was newly initialised."""
     from transformers import AutoModelForQuestionAnswering
+    from transformers.utils import logging as transformers_logging
 
+    # transformers prints a multi-line "LOAD REPORT" table; the check below says what matters
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
     try:
         model, info = AutoModelForQuestionAnswering.from_pretrained(
             name_or_path, output_loading_info=True, **kwargs
         )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(_load_hint(name_or_path, "model", exc)) from None
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    new_head = [k for k in info.get("missing_keys", []) if k.startswith("qa_outputs.")]
+    if new_head:
+        print(f"squadft: {name_or_path}: new question-answering head initialised "
+              f"({', '.join(sorted(new_head))})", flush=True)
     missing = [k for k in info.get("missing_keys", []) if not k.startswith("qa_outputs.")]
     if missing:
         raise ModelLoadError(

@@ -8,6 +8,7 @@ tokenizes while the other ranks wait, then everyone reads the same cache).
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from squadft.config import Config
-from squadft.data.features import FeatureReport, Features, load_or_build_features
+from squadft.data.features import FeatureReport, Features, LazyTokenizer, load_or_build_features
 from squadft.data.pull import FetchedFile, pull_dataset
-from squadft.data.squad import Example, ParseReport, load_squad
+from squadft.data.squad import Example, ParseReport, load_squad_cached
 from squadft.errors import StorageError
 from squadft.io import atomic_write_json, ensure_writable_dir
 
@@ -32,7 +33,7 @@ def say(message: str) -> None:
 class PreparedSplit:
     split: str
     file: FetchedFile
-    examples: list[Example]
+    examples: Sequence[Example]
     parse_report: ParseReport
     features: Features
     feature_report: FeatureReport
@@ -66,12 +67,15 @@ def prepare(cfg: Config, tokenizer: Any = None, *, splits: tuple[str, ...] = ("t
     if tokenizer is None:
         from squadft.modeling import load_tokenizer
 
-        tokenizer = load_tokenizer(cfg.model)
+        # loaded only if some features must be built: a cached re-run never imports
+        # transformers (and torch behind it), nor parses the JSON (load_squad_cached)
+        tokenizer = LazyTokenizer(cfg.model, load_tokenizer, cache_dir=cfg.cache_dir)
     fetched = pull(cfg, splits=splits, verbose=verbose)
     limits = {"train": cfg.max_train_samples, "dev": cfg.max_eval_samples}
     prepared: dict[str, PreparedSplit] = {}
     for split, item in fetched.items():
-        examples, parse_report = load_squad(item.path)
+        examples, parse_report = load_squad_cached(item.path, cache_dir=cfg.cache_dir,
+                                                   sha256=item.sha256)
         limit = limits[split]
         if limit is not None:
             examples = examples[:limit]

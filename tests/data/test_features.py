@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +16,53 @@ from squadft.data.features import (
     FEATURES_FORMAT_VERSION,
     FeatureReport,
     Features,
+    LazyTokenizer,
+    PairTemplate,
+    _template_reproduces_tokenizer,
     build_features,
+    build_features_tokenizer_windows,
     features_cache_key,
     load_or_build_features,
+    pair_template,
+    tokenizer_files_key,
     tokenizer_fingerprint,
 )
-from squadft.data.squad import Example, ParseReport
+from squadft.data.squad import CachedExamples, Example, ParseReport, load_squad_cached
 from squadft.errors import ConfigError
+from squadft.io import sha256_file
+from squadft.modeling import load_tokenizer
 
 IMPOSSIBLE_ID = "5a8d7bf7df8bba001a0f9ab1"  # has plausible_answers "action-adventure" in the file
 FULL = {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}
 SMALL = {"max_seq_length": 128, "doc_stride": 32, "max_query_length": 64}
+# 48-token windows: ~33 context tokens overlapping by 8, and most questions cut to 12 tokens
+TIGHT = {"max_seq_length": 48, "doc_stride": 8, "max_query_length": 12}
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def roberta_tokenizer(train_parsed: tuple[list[Example], ParseReport]) -> Any:
+    """A RoBERTa-style tokenizer: byte-level BPE (2,000 tokens, trained here on the train
+    contexts), <s> q </s></s> c </s> with offset trimming, no token_type_ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    trainer = trainers.BpeTrainer(vocab_size=2000, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(list(dict.fromkeys(e.context for e in train_parsed[0])), trainer)
+    backend.post_processor = processors.RobertaProcessing(
+        ("</s>", backend.token_to_id("</s>")), ("<s>", backend.token_to_id("<s>")),
+        trim_offsets=True, add_prefix_space=False)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+        cls_token="<s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
+        model_input_names=["input_ids", "attention_mask"])
+    assert len(tokenizer) == 2000 and tokenizer.num_special_tokens_to_add(pair=True) == 4
+    return tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -275,15 +313,119 @@ def test_impossible_window_settings_are_a_config_error(bert_tokenizer: Any,
                        max_query_length=8)
 
 
-# --- cache ---------------------------------------------------------------------------------------
-
-
 def _assert_same(a: Features, b: Features) -> None:
     for field in dataclasses.fields(Features):
         left, right = getattr(a, field.name), getattr(b, field.name)
         assert (left is None) == (right is None)
         if left is not None:
             assert left.dtype == right.dtype and np.array_equal(left, right), field.name
+
+
+# --- numpy windows vs the tokenizer's own windows ------------------------------------------------
+
+
+def test_pair_templates_are_derived_from_the_tokenizer(bert_tokenizer: Any,
+                                                       roberta_tokenizer: Any):
+    cls, sep = bert_tokenizer.cls_token_id, bert_tokenizer.sep_token_id
+    assert pair_template(bert_tokenizer) == PairTemplate(
+        prefix_ids=(cls,), middle_ids=(sep,), suffix_ids=(sep,), prefix_types=(0,),
+        middle_types=(0,), suffix_types=(1,), question_type=0, context_type=1)
+    begin, end = roberta_tokenizer.cls_token_id, roberta_tokenizer.sep_token_id
+    template = pair_template(roberta_tokenizer)
+    assert template is not None
+    assert (template.prefix_ids, template.middle_ids, template.suffix_ids) == (
+        (begin,), (end, end), (end,))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", [FULL, TIGHT], ids=["384-128", "48-8-q12"])
+def test_numpy_windows_equal_the_bert_tokenizers_windows(
+    settings: dict[str, int], bert_tokenizer: Any,
+    train_parsed: tuple[list[Example], ParseReport], dev_parsed: tuple[list[Example], ParseReport],
+):
+    for examples in (train_parsed[0], dev_parsed[0]):
+        # The reference leaves its truncation settings on the tokenizer's backend (and the
+        # bundled tokenizer.json ships truncation + padding to 128): the numpy path must not
+        # inherit them.
+        reference, reference_report = build_features_tokenizer_windows(
+            examples, bert_tokenizer, **settings)
+        fast, fast_report = build_features(examples, bert_tokenizer, **settings)
+        _assert_same(fast, reference)
+        assert fast_report == reference_report
+    if settings is TIGHT:
+        assert fast_report.truncated_questions > 1000 and fast_report.features > 25000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", [FULL, TIGHT], ids=["384-128", "48-8-q12"])
+def test_numpy_windows_equal_a_roberta_style_tokenizers_windows(
+    settings: dict[str, int], roberta_tokenizer: Any,
+    train_parsed: tuple[list[Example], ParseReport], dev_parsed: tuple[list[Example], ParseReport],
+):
+    for examples in (train_parsed[0], dev_parsed[0]):
+        reference, reference_report = build_features_tokenizer_windows(
+            examples, roberta_tokenizer, **settings)
+        fast, fast_report = build_features(examples, roberta_tokenizer, **settings)
+        assert fast.token_type_ids is None and (fast.cls_index == 0).all()
+        _assert_same(fast, reference)
+        assert fast_report == reference_report
+        assert fast_report.answer_features > 0.9 * fast_report.answers
+
+
+def test_numpy_windows_equal_the_tokenizers_for_long_questions(
+    train_parsed: tuple[list[Example], ParseReport], bert_tokenizer: Any, roberta_tokenizer: Any,
+):
+    base = train_parsed[0][0]
+    examples = [base] + [
+        dataclasses.replace(base, id=f"long{n}", question=" ".join([base.question] * n))
+        for n in (2, 5, 30)]
+    examples.append(dataclasses.replace(base, id="empty-context", context="   ", answers=(),
+                                        is_impossible=True))
+    for tokenizer in (bert_tokenizer, roberta_tokenizer):
+        for settings in ({"max_seq_length": 128, "doc_stride": 32, "max_query_length": 16},
+                         {"max_seq_length": 64, "doc_stride": 32, "max_query_length": 64}):
+            reference, reference_report = build_features_tokenizer_windows(
+                examples, tokenizer, **settings)
+            fast, fast_report = build_features(examples, tokenizer, **settings)
+            _assert_same(fast, reference)
+            assert fast_report == reference_report and fast_report.truncated_questions >= 2
+
+
+def test_a_template_numpy_cannot_reproduce_falls_back_to_the_tokenizer(
+    train_parsed: tuple[list[Example], ParseReport], bert_tokenizer: Any,
+):
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    # Context before question: not the single-pair layout the numpy windows assume.
+    backend = Tokenizer.from_str(bert_tokenizer.backend_tokenizer.to_str())
+    cls, sep = bert_tokenizer.cls_token_id, bert_tokenizer.sep_token_id
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $B:1 [SEP] $A:0 [SEP]",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    swapped = PreTrainedTokenizerFast(
+        tokenizer_object=backend, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
+        unk_token="[UNK]", mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+    assert pair_template(swapped) is None
+    examples = train_parsed[0][:200]
+    features, report = build_features(examples, swapped, **SMALL)
+    reference, reference_report = build_features_tokenizer_windows(examples, swapped, **SMALL)
+    _assert_same(features, reference)
+    assert report == reference_report and report.answer_features > 100
+    first = features.window(0)
+    assert first["offsets"][1, 0] == 0  # the context really comes first here
+
+    # A derived template that disagrees with the tokenizer is caught by the probe check.
+    template = pair_template(bert_tokenizer)
+    assert template is not None and _template_reproduces_tokenizer(bert_tokenizer, template)
+    for wrong in (dataclasses.replace(template, context_type=0),
+                  dataclasses.replace(template, suffix_ids=(sep, sep),
+                                      suffix_types=(1, 1))):
+        assert not _template_reproduces_tokenizer(bert_tokenizer, wrong)
+
+
+# --- cache ---------------------------------------------------------------------------------------
 
 
 def test_cache_hit_miss_and_stride_change(
@@ -363,3 +505,111 @@ def test_tokenizer_fingerprint_tracks_the_vocabulary_not_call_history(bert_token
     extended.add_tokens(["squadftnewtoken"])
     assert tokenizer_fingerprint(extended) != before
     assert len(before) == 64
+
+
+def test_same_data_key_and_count_but_other_examples_is_rebuilt(
+    tmp_path: Path, train_parsed: tuple[list[Example], ParseReport], bert_tokenizer: Any
+):
+    examples = train_parsed[0][:100]
+    edited = list(examples)
+    edited[7] = dataclasses.replace(edited[7], question="Which edited question is this?")
+    _, _, hit = load_or_build_features(examples, bert_tokenizer, cache_dir=tmp_path,
+                                       data_key="k", **SMALL)
+    assert not hit
+    features, _, hit = load_or_build_features(edited, bert_tokenizer, cache_dir=tmp_path,
+                                              data_key="k", **SMALL)
+    assert not hit  # same key (data key, parser, count), but the stored fingerprint differs
+    _assert_same(features, build_features(edited, bert_tokenizer, **SMALL)[0])
+    _, _, hit = load_or_build_features(edited, bert_tokenizer, cache_dir=tmp_path,
+                                       data_key="k", **SMALL)
+    assert hit
+
+
+def _save_tokenizer_dir(tokenizer: Any, path: Path) -> Path:
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_lazy_tokenizer_fingerprint_is_remembered_by_its_files(tmp_path: Path,
+                                                               bert_tokenizer: Any):
+    model_dir = _save_tokenizer_dir(bert_tokenizer, tmp_path / "model")
+    loads: list[str] = []
+
+    def loader(name: str) -> Any:
+        loads.append(name)
+        return load_tokenizer(name)
+
+    first = LazyTokenizer(str(model_dir), loader, cache_dir=tmp_path / "cache")
+    expected = tokenizer_fingerprint(load_tokenizer(str(model_dir)))
+    assert tokenizer_fingerprint(first) == expected and loads == [str(model_dir)]
+    second = LazyTokenizer(str(model_dir), loader, cache_dir=tmp_path / "cache")
+    assert tokenizer_fingerprint(second) == expected and not second.loaded
+    assert len(loads) == 1
+
+    # Any change to a file the tokenizer is loaded from is a new key: loaded again.
+    key = tokenizer_files_key(model_dir)
+    config = model_dir / "tokenizer_config.json"
+    config.write_text(config.read_text().replace('"do_lower_case": true',
+                                                 '"do_lower_case": false'))
+    assert tokenizer_files_key(model_dir) != key
+    third = LazyTokenizer(str(model_dir), loader, cache_dir=tmp_path / "cache")
+    assert tokenizer_fingerprint(third) != expected and len(loads) == 2
+    # Weights are not tokenizer files; a hub name has no files key.
+    (model_dir / "model.safetensors").write_bytes(b"weights")
+    assert tokenizer_files_key(model_dir) == tokenizer_files_key(model_dir)
+    before = tokenizer_files_key(model_dir)
+    (model_dir / "model.safetensors").write_bytes(b"other weights")
+    assert tokenizer_files_key(model_dir) == before
+    assert tokenizer_files_key("distilbert-base-uncased") is None
+
+
+# A cached run in a fresh interpreter, as `squadft prepare` re-runs: it must find everything
+# without parsing the JSON or importing transformers/torch (seconds each).
+_CACHED_RUN = r"""
+import json, sys
+from squadft.data.features import LazyTokenizer, load_or_build_features
+from squadft.data.squad import load_squad_cached
+from squadft.modeling import load_tokenizer
+data, sha, cache, model = sys.argv[1:5]
+examples, report = load_squad_cached(data, cache_dir=cache, sha256=sha)
+tokenizer = LazyTokenizer(model, load_tokenizer, cache_dir=cache)
+features, feature_report, hit = load_or_build_features(
+    examples[:300], tokenizer, cache_dir=cache, data_key=sha + ":300",
+    max_seq_length=128, doc_stride=32, max_query_length=64)
+print(json.dumps({"hit": hit, "windows": len(features),
+                  "examples_read": getattr(examples, "loaded", True),
+                  "tokenizer_loaded": tokenizer.loaded, "questions": report.examples,
+                  "heavy": sorted({"transformers", "torch"} & set(sys.modules))}))
+"""
+
+
+@pytest.mark.slow
+def test_a_cached_run_reads_neither_the_json_nor_the_tokenizer(
+    tmp_path: Path, train_parsed: tuple[list[Example], ParseReport], bert_tokenizer: Any,
+):
+    from tests.conftest import TRAIN_SAMPLE
+
+    model_dir = _save_tokenizer_dir(bert_tokenizer, tmp_path / "model")
+    cache = tmp_path / "cache"
+    sha = sha256_file(TRAIN_SAMPLE)
+    command = [sys.executable, "-c", _CACHED_RUN, str(TRAIN_SAMPLE), sha, str(cache),
+               str(model_dir)]
+    env = {"PYTHONPATH": str(REPO / "job"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    runs = []
+    for _ in range(2):
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120,
+                                check=False)
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert not first["hit"] and first["tokenizer_loaded"] and "transformers" in first["heavy"]
+    assert second == {"hit": True, "windows": first["windows"], "examples_read": False,
+                      "tokenizer_loaded": False, "questions": 4719, "heavy": []}
+    # ...and what it found is what this process builds from the parsed file.
+    examples, _ = load_squad_cached(TRAIN_SAMPLE, cache_dir=cache, sha256=sha)
+    assert isinstance(examples, CachedExamples)
+    features, _, hit = load_or_build_features(
+        examples[:300], bert_tokenizer, cache_dir=cache, data_key=f"{sha}:300", **SMALL)
+    assert hit
+    _assert_same(features, build_features(train_parsed[0][:300], bert_tokenizer, **SMALL)[0])

@@ -9,8 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from squadft.data.squad import Example, ParseReport, align_answer, load_squad, parse_squad
+from squadft.data.squad import (
+    PARSER_VERSION,
+    CachedExamples,
+    Example,
+    ParseReport,
+    align_answer,
+    load_squad,
+    load_squad_cached,
+    parse_squad,
+)
 from squadft.errors import DataError
+from squadft.io import sha256_file
 
 from tests.conftest import DEV_SAMPLE, TRAIN_SAMPLE
 
@@ -289,3 +299,70 @@ def test_align_answer_edge_cases():
     assert align_answer(context, "c a", 40).start == 2  # past the end: nearest occurrence
     report = ParseReport(source="x")
     assert align_answer(context, "xyz", 0, report) is None and report.dropped_answers == 1
+
+
+# --- parsed-examples cache ---------------------------------------------------------------------
+
+
+def test_cached_parse_is_identical_and_read_only_when_used(tmp_path: Path):
+    sha = sha256_file(TRAIN_SAMPLE)
+    parsed, report = load_squad(TRAIN_SAMPLE)
+    first, first_report = load_squad_cached(TRAIN_SAMPLE, cache_dir=tmp_path, sha256=sha)
+    assert isinstance(first, list) and first == parsed and first_report == report
+    files = sorted(p.name for p in (tmp_path / "examples").iterdir())
+    assert files == [f"{sha[:32]}-p{PARSER_VERSION}.columns.json",
+                     f"{sha[:32]}-p{PARSER_VERSION}.meta.json"]
+
+    # A copy elsewhere (same content, other name) hits; the report names the file read now.
+    copy_path = tmp_path / "renamed.json.gz"
+    copy_path.write_bytes(TRAIN_SAMPLE.read_bytes())
+    cached, cached_report = load_squad_cached(copy_path, cache_dir=tmp_path, sha256=sha)
+    assert isinstance(cached, CachedExamples) and not cached.loaded
+    assert cached_report == ParseReport(**{**report.__dict__, "source": str(copy_path)})
+    assert len(cached) == len(parsed) == 4719 and not cached.loaded
+    head = cached[:10]  # max_train_samples: a prefix stays lazy
+    assert isinstance(head, CachedExamples) and len(head) == 10 and not cached.loaded
+    assert list(head) == parsed[:10] and cached.loaded and head.loaded
+    assert list(cached) == parsed  # titles, contexts, answers (duplicates kept), flags
+    assert cached[-1] == parsed[-1] and cached[5:9:2] == parsed[5:9:2]
+    assert sum(e.is_impossible for e in cached) == 348
+    with pytest.raises(IndexError):
+        cached[4719]
+    with pytest.raises(IndexError):
+        head[10]
+
+
+def test_damaged_examples_cache_is_reparsed_not_trusted(tmp_path: Path):
+    sha = sha256_file(DEV_SAMPLE)
+    parsed, _ = load_squad(DEV_SAMPLE)
+    load_squad_cached(DEV_SAMPLE, cache_dir=tmp_path, sha256=sha)
+    columns = next((tmp_path / "examples").glob("*.columns.json"))
+    columns.write_bytes(columns.read_bytes()[:-100])  # truncated after the metadata was written
+    again, _ = load_squad_cached(DEV_SAMPLE, cache_dir=tmp_path, sha256=sha)
+    assert isinstance(again, list) and again == parsed
+    cached, _ = load_squad_cached(DEV_SAMPLE, cache_dir=tmp_path, sha256=sha)
+    assert isinstance(cached, CachedExamples) and list(cached) == parsed
+    # Another file's digest never finds this entry.
+    other, _ = load_squad_cached(DEV_SAMPLE, cache_dir=tmp_path, sha256="0" * 64)
+    assert isinstance(other, list)
+
+
+def test_unreadable_columns_behind_valid_metadata_is_a_one_line_data_error(tmp_path: Path):
+    sha = sha256_file(DEV_SAMPLE)
+    load_squad_cached(DEV_SAMPLE, cache_dir=tmp_path, sha256=sha)
+    columns = next((tmp_path / "examples").glob("*.columns.json"))
+    size = columns.stat().st_size
+    columns.write_bytes(b"[" + b" " * (size - 1))  # same size, not the columns
+    cached, _ = load_squad_cached(DEV_SAMPLE, cache_dir=tmp_path, sha256=sha)
+    assert isinstance(cached, CachedExamples)
+    with pytest.raises(DataError, match="unreadable examples cache") as caught:
+        cached[0]
+    assert "\n" not in str(caught.value) and str(columns) in str(caught.value)
+
+
+def test_unwritable_cache_still_parses(tmp_path: Path):
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache directory should be")
+    examples, report = load_squad_cached(DEV_SAMPLE, cache_dir=blocker,
+                                         sha256=sha256_file(DEV_SAMPLE))
+    assert isinstance(examples, list) and report.examples == len(examples) == 4449

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import defaultdict
@@ -12,7 +13,10 @@ import pytest
 from squadft.data.features import Features
 from squadft.data.squad import Example
 from squadft.evaluate.postprocess import (
+    Candidate,
+    NBestLists,
     PostprocessResult,
+    nbest_json_arrays,
     postprocess_predictions,
     sigmoid,
     tune_null_threshold,
@@ -140,6 +144,57 @@ def test_null_score_is_the_minimum_over_windows_and_spans_are_pooled() -> None:
     assert null[0].start_logit == 1.0 and null[0].end_logit == 0.5
 
 
+def test_null_answer_goes_before_spans_of_equal_score() -> None:
+    features = _features([WORDS], [0])
+    start, end = _logits(1, 9)
+    start[0, CONTEXT_START:] = end[0, CONTEXT_START:] = -20.0
+    start[0, CONTEXT_START + 1] = end[0, CONTEXT_START + 1] = 2.0  # "beta": 4.0
+    start[0, CONTEXT_START + 3] = end[0, CONTEXT_START + 3] = 1.0  # "delta": 2.0
+    start[0, 0] = end[0, 0] = 1.5  # null 3.0: ties with "beta gamma delta" (2 + 1)
+    result = postprocess_predictions([_example()], features, start, end, n_best=3)
+    texts = [c.text for c in result.nbest["q1"]]
+    assert texts == ["beta", "", "beta gamma delta", "delta"]
+
+
+def test_nbest_lists_are_a_mapping_of_candidates_and_serialise_like_them() -> None:
+    features = _features([WORDS[:3], WORDS[2:], WORDS], [0, 0, 2])
+    rng = np.random.default_rng(1)
+    start = rng.standard_normal((3, 10)).astype(np.float32)
+    end = rng.standard_normal((3, 10)).astype(np.float32)
+    examples = [_example("a"), _example("none"), _example("c")]
+    result = postprocess_predictions(examples, features, start, end, n_best=4)
+    nbest = result.nbest
+    assert isinstance(nbest, NBestLists)
+    assert list(nbest) == ["a", "none", "c"] and len(nbest) == 3 and "c" in nbest
+    assert nbest["none"] == []
+    for qid in ("a", "c"):
+        candidates = nbest[qid]
+        assert all(isinstance(c, Candidate) for c in candidates)
+        assert [c.score for c in candidates] == sorted((c.score for c in candidates),
+                                                       reverse=True)
+        assert sum(c.probability for c in candidates) == pytest.approx(1.0)
+        assert [c.text for c in candidates if c.answer_start < 0] == [""]
+        assert all(CONTEXT[c.answer_start:].startswith(c.text) for c in candidates if c.text)
+    expected = [(qid, json.dumps([c.to_json() for c in nbest[qid]])) for qid in nbest]
+    assert list(nbest_json_arrays(nbest)) == expected  # the very text json.dumps writes
+    # A plain dict of candidates (e.g. built by hand) serialises the same way.
+    assert list(nbest_json_arrays({qid: nbest[qid] for qid in nbest})) == expected
+    with pytest.raises(KeyError):
+        nbest["missing"]
+
+
+def test_nbest_json_spells_texts_and_non_finite_floats_like_json_dumps() -> None:
+    texts = ['say "hi"\\', "café\n", ""]
+    nbest = NBestLists(
+        ["q1", "q2"], np.array([0, 2, 3]), texts,
+        scores=np.array([1.5, -np.inf, 0.1]), start_logits=np.array([np.nan, 2.0, 1e-300]),
+        end_logits=np.array([np.inf, 0.25, -0.0]), answer_starts=np.array([3, 7, -1]),
+        probabilities=np.array([1.0, 0.0, 1.0]))
+    arrays = dict(nbest_json_arrays(nbest))
+    assert arrays == {qid: json.dumps([c.to_json() for c in nbest[qid]]) for qid in nbest}
+    assert json.loads(arrays["q1"].replace("NaN", "null"))[0]["text"] == 'say "hi"\\'
+
+
 def test_threshold_decides_between_span_and_no_answer() -> None:
     features = _features([WORDS], [0])
     start, end = _logits(1, 9)
@@ -212,11 +267,15 @@ def _reference(
         top = max(scores)
         total = sum(math.exp(s - top) for s in scores)
         out[example.id] = {
-            "best": best_text, "diff": diff,
+            "best": best_text, "diff": diff, "null": null,
             "nbest": [(example.context[a:b], s, math.exp(s - top) / total)
                       for (a, b), s in ranked],
         }
     return out
+
+
+def example_text(examples: list[Example], qid: str) -> str:
+    return next(e.context for e in examples if e.id == qid)
 
 
 @pytest.mark.parametrize(("limit", "max_seq_length", "stride", "n_best", "max_len"), [
@@ -244,10 +303,19 @@ def test_vectorised_equals_loop_reference(
         assert result.best_spans[qid] == expected["best"], qid
         assert result.null_score_diff[qid] == pytest.approx(expected["diff"], abs=1e-9)
         assert result.predictions[qid] == ("" if expected["diff"] > 0 else expected["best"])
-        spans = [c for c in result.nbest[qid] if c.answer_start >= 0]
+        candidates = result.nbest[qid]
+        spans = [c for c in candidates if c.answer_start >= 0]
         assert [(c.text, c.score) for c in spans] == [
             (text, pytest.approx(score, abs=1e-9)) for text, score, _ in expected["nbest"]]
         assert [c.probability for c in spans] == pytest.approx([p for *_, p in expected["nbest"]])
+        # The null answer sits after exactly the spans that score more than it.
+        null_at = [i for i, c in enumerate(candidates) if c.answer_start < 0]
+        null = expected["null"]
+        assert null_at == [sum(1 for _, score, _ in expected["nbest"] if score > null)]
+        assert candidates[null_at[0]].score == pytest.approx(null, abs=1e-9)
+        assert all(c.start_logit + c.end_logit == pytest.approx(c.score, abs=1e-6)
+                   and example_text(examples, qid)[c.answer_start:].startswith(c.text)
+                   for c in spans)
     assert 0 < sum(1 for p in result.predictions.values() if p) < len(examples)
 
 

@@ -17,12 +17,14 @@ from squadft.storage.manifest import MANIFEST_NAME, parse_manifest
 from squadft.storage.s3 import (
     S3Location,
     S3Source,
+    _HashingReader,
     check_access,
     download_directory,
     list_keys,
     make_client,
     upload_directory,
 )
+from squadft.train.checkpoint import write_manifest
 
 from tests.storage.conftest import SECRET_KEY, SeaweedServer, fast_settings
 from tests.storage.fault_proxy import Fault, FaultProxy
@@ -67,10 +69,16 @@ def test_round_trip_multipart_verified(tmp_path: Path, proxy: FaultProxy, bucket
     assert result.step == 7
     by_name = {f.relpath: f for f in result.files}
     assert by_name["model.safetensors"].multipart and not by_name["config.json"].multipart
-    # SeaweedFS returns ChecksumSHA256 (composite "-2" for the multipart file): all verified
-    assert all(f.checksum_verified for f in result.files)
+    # every file was hashed by the read that sent it (no second pass over the files)
+    assert all(f.hashed_while_sent for f in result.files)
+    assert {f.relpath: f.sha256 for f in result.files} == {
+        k: v for k, v in digests(source).items() if k != MANIFEST_NAME}
     # the multipart protocol really ran, and the manifest was the last object written
     methods = [(m, p) for m, p in proxy.requests]
+    # sizes checked with one listing, not a HEAD per object (one HEAD: the manifest's)
+    assert sum(m == "GET" and "list-type=2" in p for m, p in methods) == 1
+    assert [p for m, p in methods if m == "HEAD"] == [
+        f"/{bucket}/{location.key(MANIFEST_NAME)}"]
     assert any(m == "POST" and "uploads" in p and "model.safetensors" in p for m, p in methods)
     assert any(m == "PUT" and "partNumber=2" in p for m, p in methods)
     writes = [p for m, p in methods if m in ("PUT", "POST")]
@@ -86,6 +94,56 @@ def test_round_trip_multipart_verified(tmp_path: Path, proxy: FaultProxy, bucket
     assert restored.pop(MANIFEST_NAME)
     assert restored == digests(source)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".restored")]
+
+
+def test_hashing_reader_hashes_each_byte_once(tmp_path: Path) -> None:
+    data = random.Random(5).randbytes(100_000)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    reader = _HashingReader(path)
+    assert reader.seek(0, os.SEEK_END) == len(data) and reader.seek(0) == 0  # size probe
+    assert reader.read(30_000) == data[:30_000]
+    reader.seek(10_000)  # a retried request reads part of it again
+    assert reader.read(40_000) == data[10_000:50_000]
+    reader.close()  # reopened where it was when read again
+    assert reader.tell() == 50_000 and reader.read() == data[50_000:]
+    digest = reader.digest()
+    assert digest is not None and (digest.size, digest.sha256) == (len(data), sha256_file(path))
+
+    skipping = _HashingReader(path)
+    skipping.read(10)
+    skipping.seek(20)
+    skipping.read()
+    assert skipping.digest() is None  # bytes 10-19 were never read: no digest
+
+    partial = _HashingReader(path)
+    partial.read(99_999)
+    assert partial.digest() is None
+    partial.close()
+
+
+def test_checkpoint_that_does_not_match_its_manifest_is_not_completed(
+        tmp_path: Path, seaweed: SeaweedServer, bucket: str, admin_client: Any) -> None:
+    source = make_tree(tmp_path / "checkpoint-4", big=1000)
+    write_manifest(source, 4)
+    good = make_client(fast_settings(seaweed.endpoint))
+    result = upload_directory(source, S3Location(bucket, "ok/checkpoint-4"), client=good,
+                              settings=fast_settings(seaweed.endpoint))
+    stored = admin_client.get_object(Bucket=bucket, Key="ok/checkpoint-4/manifest.json")
+    assert stored["Body"].read() == (source / MANIFEST_NAME).read_bytes()
+    assert result.step == 4 and all(f.hashed_while_sent for f in result.files)
+
+    # same size, one byte flipped after the manifest was written: caught, no manifest uploaded
+    weights = bytearray((source / "model.safetensors").read_bytes())
+    weights[500] ^= 0xFF
+    (source / "model.safetensors").write_bytes(bytes(weights))
+    location = S3Location(bucket, "bad/checkpoint-4")
+    with pytest.raises(StorageError) as info:
+        upload_directory(source, location, client=good,
+                         settings=fast_settings(seaweed.endpoint))
+    assert "model.safetensors does not match its manifest.json" in str(info.value)
+    assert "no manifest written" in str(info.value)
+    assert location.key(MANIFEST_NAME) not in list_keys(admin_client, location)
 
 
 def test_wrong_credentials_one_line_without_secret(

@@ -12,14 +12,17 @@ Parsing is a pure function of the decoded JSON (`parse_squad`); `load_squad` is 
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
-from squadft.errors import DataError
+from squadft.errors import DataError, StorageError
+from squadft.io import atomic_write_json
 
 GZIP_MAGIC = b"\x1f\x8b"
 # Version strings seen in the official files (v1.1 writes "1.1") and in common redistributions.
@@ -27,6 +30,10 @@ V1_VERSIONS = frozenset({"1.0", "1.1", "v1.0", "v1.1"})
 V2_VERSIONS = frozenset({"2.0", "v2.0"})
 # Tried in this order before searching the whole context (the seed tried -1 and -2 only).
 REPAIR_SHIFTS = (-1, 1, -2, 2)
+# Bump when parsing or answer repair changes what a file parses into: cached parses (and the
+# features built from them, whose cache key includes this) then miss.
+PARSER_VERSION = 1
+EXAMPLES_CACHE_FORMAT = "squadft-examples/1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,3 +285,140 @@ def _kind(value: Any) -> str:
 def _short(text: str, limit: int = 40) -> str:
     text = " ".join(text.split())  # keep messages on one line
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- parsed-examples cache ----------------------------------------------------------------------
+
+
+def load_squad_cached(
+    path: str | Path, *, cache_dir: str | Path, sha256: str
+) -> tuple[Sequence[Example], ParseReport]:
+    """`load_squad`, remembered under <cache_dir>/examples/ by the file's sha256.
+
+    On a hit nothing is parsed: the report comes from a small metadata file and the examples
+    are a `CachedExamples` sequence that reads its compact columnar copy only when indexed or
+    iterated (a cached `prepare` or a training run never looks at the training questions).
+    A damaged or unwritable cache only costs the parse.
+    """
+    meta_path, columns_path = _examples_cache_paths(cache_dir, sha256)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if (meta["format"] == EXAMPLES_CACHE_FORMAT and meta["parser"] == PARSER_VERSION
+                and meta["sha256"] == sha256
+                and columns_path.stat().st_size == meta["columns_bytes"]):
+            report = ParseReport(**dict(meta["report"], source=str(path)))
+            return CachedExamples(columns_path, int(meta["count"])), report
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    examples, report = load_squad(path)
+    try:
+        atomic_write_json(columns_path, _to_columns(examples))
+        atomic_write_json(meta_path, {
+            "format": EXAMPLES_CACHE_FORMAT, "parser": PARSER_VERSION, "sha256": sha256,
+            "count": len(examples), "columns_bytes": columns_path.stat().st_size,
+            "report": dataclasses.asdict(report),
+        })
+    except (OSError, StorageError):
+        pass  # a read-only or full cache disk: the parse is still good, only not remembered
+    return examples, report
+
+
+def _examples_cache_paths(cache_dir: str | Path, sha256: str) -> tuple[Path, Path]:
+    root = Path(cache_dir) / "examples"
+    stem = f"{sha256[:32]}-p{PARSER_VERSION}"
+    return root / f"{stem}.meta.json", root / f"{stem}.columns.json"
+
+
+def _to_columns(examples: Sequence[Example]) -> dict[str, Any]:
+    """Examples as parallel lists; titles and contexts stored once (~7 questions share one)."""
+    titles: dict[str, int] = {}
+    contexts: dict[str, int] = {}
+    columns: dict[str, list[Any]] = {
+        "id": [], "question": [], "title": [], "context": [], "impossible": [],
+        "answer_count": [], "answer_text": [], "answer_start": []}
+    for example in examples:
+        columns["id"].append(example.id)
+        columns["question"].append(example.question)
+        columns["title"].append(titles.setdefault(example.title, len(titles)))
+        columns["context"].append(contexts.setdefault(example.context, len(contexts)))
+        columns["impossible"].append(int(example.is_impossible))
+        columns["answer_count"].append(len(example.answers))
+        for answer in example.answers:
+            columns["answer_text"].append(answer.text)
+            columns["answer_start"].append(answer.start)
+    return {"titles": list(titles), "contexts": list(contexts), **columns}
+
+
+def _from_columns(columns: dict[str, Any]) -> list[Example]:
+    titles, contexts = columns["titles"], columns["contexts"]
+    texts, starts = columns["answer_text"], columns["answer_start"]
+    examples = []
+    position = 0
+    for example_id, question, title, context, impossible, count in zip(
+            columns["id"], columns["question"], columns["title"], columns["context"],
+            columns["impossible"], columns["answer_count"], strict=True):
+        answers = tuple(Answer(texts[i], starts[i]) for i in range(position, position + count))
+        position += count
+        examples.append(Example(example_id, titles[title], contexts[context], question,
+                                answers, bool(impossible)))
+    return examples
+
+
+class CachedExamples(Sequence[Example]):
+    """Parsed examples read from the columnar cache file on first use; `len` needs no read.
+
+    Slicing from the start (`examples[:limit]`, as for max_train_samples) stays lazy.
+    """
+
+    def __init__(self, columns_path: Path, count: int, *, source: CachedExamples | None = None):
+        self._path = columns_path
+        self._count = count
+        self._source = source  # a prefix slice shares its parent's loaded list
+        self._examples: list[Example] | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._materialized() is not None
+
+    def _materialized(self) -> list[Example] | None:
+        if self._source is not None:
+            return self._source._materialized()
+        return self._examples
+
+    def _all(self) -> list[Example]:
+        if self._source is not None:
+            return self._source._all()
+        if self._examples is None:
+            try:
+                columns = json.loads(self._path.read_text(encoding="utf-8"))
+                examples = _from_columns(columns)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise DataError(f"{self._path}: unreadable examples cache ({exc}); delete it "
+                                "to re-parse the data file") from None
+            if len(examples) < self._count:
+                raise DataError(f"{self._path}: examples cache holds {len(examples)} examples, "
+                                f"expected {self._count}; delete it to re-parse the data file")
+            self._examples = examples
+        return self._examples
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> Example: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Example]: ...
+
+    def __getitem__(self, index: int | slice) -> Example | Sequence[Example]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self._count)
+            if start == 0 and step == 1:
+                return CachedExamples(self._path, stop, source=self._source or self)
+            return self._all()[: self._count][index]
+        if not -self._count <= index < self._count:
+            raise IndexError(f"example index {index} out of range ({self._count} examples)")
+        return self._all()[index % self._count]
+
+    def __iter__(self) -> Iterator[Example]:
+        return iter(self._all()[: self._count])

@@ -10,14 +10,16 @@ The null ("no answer") score of a question is the minimum over its windows of
 start_logit[CLS] + end_logit[CLS]; `null_score_diff` = null score - best span score, and the
 prediction is "" when `null_score_diff > null_threshold`.
 
-Nothing here loops in Python over windows or span pairs; the only per-question Python work is
-slicing the answer text out of the context and building the n-best records.
+Nothing here loops in Python over windows or span pairs; the only Python loop slices the
+answer texts out of the contexts. The n-best lists stay column-wise (`NBestLists`): records are
+built when a question's list is read, and nbest_predictions.json is formatted from the columns.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -53,6 +55,98 @@ class Candidate:
         }
 
 
+class NBestLists(Mapping[str, list[Candidate]]):
+    """The n-best lists of all questions, stored column-wise: question i owns rows
+    bounds[i]:bounds[i + 1] of every column, best first.
+
+    Building ~20 records per question in Python costs more than decoding every window, so the
+    candidates stay in flat columns (their texts included) and become `Candidate` records only
+    when one question's list is read; `json_arrays` serialises them without records.
+    """
+
+    __slots__ = ("_position", "answer_starts", "bounds", "end_logits", "ids", "probabilities",
+                 "scores", "start_logits", "texts")
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        bounds: np.ndarray,
+        texts: list[str],
+        scores: np.ndarray,
+        start_logits: np.ndarray,
+        end_logits: np.ndarray,
+        answer_starts: np.ndarray,
+        probabilities: np.ndarray,
+    ) -> None:
+        if len(bounds) != len(ids) + 1:
+            raise ValueError(f"{len(bounds)} bounds for {len(ids)} questions")
+        total = int(bounds[-1]) if len(bounds) else 0
+        columns = (texts, scores, start_logits, end_logits, answer_starts, probabilities)
+        if any(len(column) != total for column in columns):
+            raise ValueError(f"n-best columns must all have {total} rows")
+        self.ids = list(ids)
+        self.bounds = np.asarray(bounds, dtype=np.int64)
+        self.texts = texts
+        self.scores = scores
+        self.start_logits = start_logits
+        self.end_logits = end_logits
+        self.answer_starts = answer_starts
+        self.probabilities = probabilities
+        self._position = {qid: i for i, qid in enumerate(self.ids)}
+
+    def __getitem__(self, qid: str) -> list[Candidate]:
+        i = self._position[qid]
+        a, b = int(self.bounds[i]), int(self.bounds[i + 1])
+        return [
+            Candidate(*row) for row in zip(
+                self.texts[a:b], self.scores[a:b].tolist(), self.start_logits[a:b].tolist(),
+                self.end_logits[a:b].tolist(), self.answer_starts[a:b].tolist(),
+                self.probabilities[a:b].tolist(), strict=True)
+        ]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._position)
+
+    def __len__(self) -> int:
+        return len(self._position)
+
+    def json_arrays(self) -> Iterator[tuple[str, str]]:
+        """(id, json.dumps(list of Candidate.to_json())) per question, the same text, formatted
+        straight from the columns without building a dict per candidate."""
+        floats = [_json_floats(column) for column in (
+            self.probabilities, self.start_logits, self.end_logits, self.scores)]
+        records = [
+            f'{{"text": {text}, "probability": {probability}, "start_logit": {start_logit}, '
+            f'"end_logit": {end_logit}, "score": {score}, "answer_start": {answer_start}}}'
+            for text, probability, start_logit, end_logit, score, answer_start in zip(
+                map(_json_string, self.texts), *floats, self.answer_starts.tolist(),
+                strict=True)
+        ]
+        bounds = self.bounds.tolist()
+        for qid, i in self._position.items():
+            yield qid, "[" + ", ".join(records[bounds[i]:bounds[i + 1]]) + "]"
+
+
+_json_string = json.encoder.encode_basestring_ascii  # what json.dumps uses for str
+
+
+def _json_floats(values: np.ndarray) -> list[str]:
+    """json.dumps' spelling of each float: repr, and Infinity / -Infinity / NaN."""
+    if np.isfinite(values).all():
+        return list(map(float.__repr__, values.tolist()))
+    return [json.dumps(value) for value in values.tolist()]
+
+
+def nbest_json_arrays(nbest: Mapping[str, Sequence[Candidate]]) -> Iterator[tuple[str, str]]:
+    """(id, JSON array of the candidates' to_json() records) per question, as json.dumps
+    writes it, for nbest_predictions.json."""
+    if isinstance(nbest, NBestLists):
+        yield from nbest.json_arrays()
+        return
+    for qid, candidates in nbest.items():
+        yield qid, json.dumps([candidate.to_json() for candidate in candidates])
+
+
 @dataclass
 class PostprocessResult:
     """Per question id: the prediction, the best span and the null score difference."""
@@ -61,7 +155,8 @@ class PostprocessResult:
     best_spans: dict[str, str]  # best non-null span ("" only when no valid span exists)
     null_score_diff: dict[str, float]  # null score - best span score (inf: no valid span)
     null_threshold: float
-    nbest: dict[str, list[Candidate]] = field(default_factory=dict)  # best first
+    # id -> candidates, best first (an NBestLists from postprocess_predictions)
+    nbest: Mapping[str, list[Candidate]] = field(default_factory=dict)
 
     def predictions_at(self, null_threshold: float) -> dict[str, str]:
         return {
@@ -122,44 +217,40 @@ def postprocess_predictions(
     if start_logits.shape[0] != n_windows:
         raise ValueError(f"{start_logits.shape[0]} rows of logits for {n_windows} windows")
     width = start_logits.shape[1]
-    lengths = np.diff(np.asarray(features.row_splits)).astype(np.int64)
+    row_splits = np.asarray(features.row_splits, dtype=np.int64)
+    lengths = np.diff(row_splits)
     if n_windows and int(lengths.max()) > width:
         raise ValueError(f"logits have {width} columns but a window has {lengths.max()} tokens")
 
     example_index = np.asarray(features.example_index, dtype=np.int64)
     n_examples = len(examples)
     rows = np.arange(n_windows)
-
-    # Character offsets laid out like the logits; -1 marks everything that is not context.
-    start_char = np.full((n_windows, width), -1, dtype=np.int64)
-    end_char = np.full((n_windows, width), -1, dtype=np.int64)
-    token_row = np.repeat(rows, lengths)
-    token_col = np.arange(int(lengths.sum())) - np.repeat(np.asarray(features.row_splits)[:-1],
-                                                         lengths)
     offsets = np.asarray(features.offsets)
-    start_char[token_row, token_col] = offsets[:, 0]
-    end_char[token_row, token_col] = offsets[:, 1]
-    is_context = start_char >= 0
 
-    masked_start = np.where(is_context, start_logits, -np.inf)
-    masked_end = np.where(is_context, end_logits, -np.inf)
+    # Context tokens laid out like the logits: a row-major boolean assignment fills each
+    # window's cells in the order its tokens are stored.
+    is_context = np.zeros((n_windows, width), dtype=bool)
+    is_context[np.arange(width) < lengths[:, None]] = offsets[:, 0] >= 0
+    # Negated, with +inf off-context, so that the k smallest are the k best context logits.
+    neg_start = np.where(is_context, -start_logits, np.inf)
+    neg_end = np.where(is_context, -end_logits, np.inf)
 
     # Top-k context starts and ends per window, then every start x end pair.
     k = min(n_best, width)
-    top_start = _top_k_indices(masked_start, k)  # [n, k]
-    top_end = _top_k_indices(masked_end, k)
+    top_start = _smallest_k(neg_start, k)  # [n, k]
+    top_end = _smallest_k(neg_end, k)
     # float64: the sum of two float32 logits is exact, so ranks do not depend on rounding.
-    start_values = np.take_along_axis(masked_start, top_start, axis=1).astype(np.float64)
-    end_values = np.take_along_axis(masked_end, top_end, axis=1).astype(np.float64)
+    start_values = -np.take_along_axis(neg_start, top_start, axis=1).astype(np.float64)
+    end_values = -np.take_along_axis(neg_end, top_end, axis=1).astype(np.float64)
     pair_scores = start_values[:, :, None] + end_values[:, None, :]
     span_tokens = top_end[:, None, :] - top_start[:, :, None]
     valid = (span_tokens >= 0) & (span_tokens < max_answer_length) & np.isfinite(pair_scores)
-    pair_scores = np.where(valid, pair_scores, -np.inf).reshape(n_windows, k * k)
+    neg_pairs = np.where(valid, -pair_scores, np.inf).reshape(n_windows, k * k)
 
     # The n_best best pairs of each window, then drop the invalid ones.
     m = min(n_best, k * k)
-    best_pairs = _top_k_indices(pair_scores, m)  # [n, m]
-    scores = np.take_along_axis(pair_scores, best_pairs, axis=1).ravel()
+    best_pairs = _smallest_k(neg_pairs, m)  # [n, m]
+    scores = -np.take_along_axis(neg_pairs, best_pairs, axis=1).ravel()
     window = np.repeat(rows, m)
     span_start = top_start[window, best_pairs.ravel() // k]
     span_end = top_end[window, best_pairs.ravel() % k]
@@ -167,31 +258,23 @@ def postprocess_predictions(
     window, span_start, span_end, scores = (
         window[keep], span_start[keep], span_end[keep], scores[keep])
     owner = example_index[window]
-    first_char = start_char[window, span_start]
-    last_char = end_char[window, span_end]
+    first_char = offsets[row_splits[window] + span_start, 0].astype(np.int64)
+    last_char = offsets[row_splits[window] + span_end, 1].astype(np.int64)
 
-    # Overlapping windows see the same span: keep it once, with its highest score.
-    order = np.lexsort((-scores, last_char, first_char, owner))
+    # Overlapping windows see the same span: keep it once, with its highest score (the first
+    # candidate holding it on ties). The survivors come out in (owner, first, last) order.
+    chosen = _best_per_span(owner, first_char, last_char, scores)
+    # Best first within each example; spans of equal score stay in character order.
+    chosen = chosen[_stable_order_by_owner_and_score(owner[chosen], scores[chosen])]
     owner, first_char, last_char, scores, window, span_start, span_end = (
-        a[order] for a in (owner, first_char, last_char, scores, window, span_start, span_end))
-    first_of_span = np.ones(len(owner), dtype=bool)
-    first_of_span[1:] = ((owner[1:] != owner[:-1]) | (first_char[1:] != first_char[:-1])
-                         | (last_char[1:] != last_char[:-1]))
-    owner, first_char, last_char, scores, window, span_start, span_end = (
-        a[first_of_span]
-        for a in (owner, first_char, last_char, scores, window, span_start, span_end))
-
-    # Best first within each example; ties broken by position so the result is deterministic.
-    order = np.lexsort((last_char, first_char, -scores, owner))
-    owner, first_char, last_char, scores, window, span_start, span_end = (
-        a[order] for a in (owner, first_char, last_char, scores, window, span_start, span_end))
+        a[chosen] for a in (owner, first_char, last_char, scores, window, span_start, span_end))
     group_start = np.searchsorted(owner, np.arange(n_examples))
     rank = np.arange(len(owner)) - group_start[owner]
     top = rank < n_best
     owner, first_char, last_char, scores, window, span_start, span_end = (
         a[top] for a in (owner, first_char, last_char, scores, window, span_start, span_end))
-    group_start = np.searchsorted(owner, np.arange(n_examples))
-    group_end = np.searchsorted(owner, np.arange(n_examples), side="right")
+    bounds = np.searchsorted(owner, np.arange(n_examples + 1))
+    group_start, group_end = bounds[:-1], bounds[1:]
     has_span = group_end > group_start
 
     best_score = np.full(n_examples, -np.inf)
@@ -226,10 +309,10 @@ def postprocess_predictions(
     predictions = {qid: "" if d > null_threshold else text
                    for qid, text, d in zip(ids, best_text, null_score_diff.values(), strict=True)}
 
-    nbest: dict[str, list[Candidate]] = {}
+    nbest: Mapping[str, list[Candidate]] = {}
     if with_nbest:
         nbest = _nbest_lists(
-            examples, ids, owner, first_char, last_char, scores,
+            examples, ids, bounds, owner, first_char, last_char, scores,
             start_logits[window, span_start].astype(np.float64),
             end_logits[window, span_end].astype(np.float64),
             null_window, null_score, cls_start, cls_end,
@@ -240,16 +323,54 @@ def postprocess_predictions(
     )
 
 
-def _top_k_indices(values: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k largest values of each row (in no particular order)."""
+def _smallest_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the k smallest values of each row (in no particular order)."""
     if k >= values.shape[1]:
         return np.broadcast_to(np.arange(values.shape[1]), values.shape).copy()
-    return np.argpartition(-values, k - 1, axis=1)[:, :k]
+    return np.argpartition(values, k - 1, axis=1)[:, :k]
+
+
+def _best_per_span(
+    owner: np.ndarray, first_char: np.ndarray, last_char: np.ndarray, scores: np.ndarray,
+) -> np.ndarray:
+    """Indices of one candidate per distinct (owner, first, last): the highest score, the
+    lowest index among equal scores; in (owner, first, last) order."""
+    if len(owner) == 0:
+        return np.zeros(0, dtype=np.int64)
+    # One integer key per span sorts faster than a lexsort over three columns.
+    chars = int(last_char.max()) + 1
+    if (int(owner.max()) + 1) * chars * chars < 2**62:
+        by_span = np.argsort((owner * chars + first_char) * chars + last_char, kind="stable")
+    else:
+        by_span = np.lexsort((last_char, first_char, owner))
+    owner, first_char, last_char, scores = (
+        a[by_span] for a in (owner, first_char, last_char, scores))
+    new_span = np.ones(len(owner), dtype=bool)
+    new_span[1:] = ((owner[1:] != owner[:-1]) | (first_char[1:] != first_char[:-1])
+                    | (last_char[1:] != last_char[:-1]))
+    span_id = np.cumsum(new_span) - 1
+    span_best = np.maximum.reduceat(scores, np.flatnonzero(new_span))
+    at_best = np.flatnonzero(scores == span_best[span_id])
+    # by_span is stable, so the first candidate at a span's best score has the lowest index.
+    first_at_best = np.ones(len(at_best), dtype=bool)
+    first_at_best[1:] = span_id[at_best[1:]] != span_id[at_best[:-1]]
+    return by_span[at_best[first_at_best]]
+
+
+def _stable_order_by_owner_and_score(owner: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Stable order by owner, then score descending (what np.lexsort((-scores, owner)) gives)."""
+    if len(owner) == 0:
+        return np.zeros(0, dtype=np.int64)
+    # Dense ranks of the scores (equal scores, -0.0 and 0.0 included, share one) make the two
+    # keys one integer.
+    _, rank = np.unique(-scores, return_inverse=True)
+    return np.argsort(owner * (int(rank.max()) + 1) + rank.reshape(-1), kind="stable")
 
 
 def _nbest_lists(
     examples: Sequence[_Example],
     ids: list[str],
+    bounds: np.ndarray,
     owner: np.ndarray,
     first_char: np.ndarray,
     last_char: np.ndarray,
@@ -260,40 +381,56 @@ def _nbest_lists(
     null_score: np.ndarray,
     cls_start: np.ndarray,
     cls_end: np.ndarray,
-) -> dict[str, list[Candidate]]:
-    """Spans plus the null answer per example, best first, with softmax probabilities."""
-    with_null = np.flatnonzero(null_window >= 0)
-    null_rows = null_window[with_null]
-    owner = np.concatenate([owner, with_null])
-    first_char = np.concatenate([first_char, np.full(len(with_null), -1)])
-    last_char = np.concatenate([last_char, np.full(len(with_null), -1)])
-    scores = np.concatenate([scores, null_score[with_null]])
-    start_values = np.concatenate([start_values, cls_start[null_rows]])
-    end_values = np.concatenate([end_values, cls_end[null_rows]])
-    order = np.lexsort((first_char, -scores, owner))
-    owner, first_char, last_char, scores, start_values, end_values = (
-        a[order] for a in (owner, first_char, last_char, scores, start_values, end_values))
+) -> NBestLists:
+    """Spans plus the null answer per example, best first, with softmax probabilities.
 
+    The spans arrive grouped by example (rows bounds[i]:bounds[i + 1]), best first; the null
+    answer of each example with a window is inserted after the spans scoring strictly more
+    (among equal scores it comes first: it has the lowest character offset, -1).
+    """
     n_examples = len(ids)
-    group_start = np.searchsorted(owner, np.arange(n_examples))
-    group_end = np.searchsorted(owner, np.arange(n_examples), side="right")
-    nonempty = group_end > group_start
-    # Softmax within each example: the first score of a group is its maximum.
-    shift = np.zeros(n_examples)
-    shift[nonempty] = scores[group_start[nonempty]]
-    weights = np.exp(scores - shift[owner])
-    totals = np.zeros(n_examples)
-    np.add.at(totals, owner, weights)
-    probabilities = weights / totals[owner]
+    has_null = null_window >= 0
+    span_rank = np.arange(len(owner)) - bounds[owner]
+    above_null = scores > null_score[owner]
+    null_rank = np.bincount(owner, weights=above_null, minlength=n_examples).astype(np.int64)
+    counts = np.diff(bounds) + has_null
+    new_bounds = np.zeros(n_examples + 1, dtype=np.int64)
+    np.cumsum(counts, out=new_bounds[1:])
+    total = int(new_bounds[-1])
+    span_row = new_bounds[owner] + span_rank + (has_null[owner] & ~above_null)
+    with_null = np.flatnonzero(has_null)
+    null_row = new_bounds[with_null] + null_rank[with_null]
+    null_of = null_window[with_null]
 
-    nbest: dict[str, list[Candidate]] = {qid: [] for qid in ids}
-    for i, a, b, score, start_value, end_value, probability in zip(
-        owner.tolist(), first_char.tolist(), last_char.tolist(), scores.tolist(),
-        start_values.tolist(), end_values.tolist(), probabilities.tolist(), strict=True,
-    ):
-        text = examples[i].context[a:b] if a >= 0 else ""
-        nbest[ids[i]].append(Candidate(text, score, start_value, end_value, a, probability))
-    return nbest
+    def merged(span_values: np.ndarray, null_values: np.ndarray) -> np.ndarray:
+        out = np.empty(total, dtype=np.result_type(span_values, null_values))
+        out[span_row] = span_values
+        out[null_row] = null_values
+        return out
+
+    all_owner = merged(owner, with_null)
+    all_scores = merged(scores, null_score[with_null])
+    answer_starts = merged(first_char, np.full(len(with_null), -1, dtype=np.int64))
+    # The null answer's text is the empty slice context[0:0].
+    text_start = merged(first_char, np.zeros(len(with_null), dtype=np.int64))
+    text_end = merged(last_char, np.zeros(len(with_null), dtype=np.int64))
+
+    # Softmax within each example: the first score of a list is its maximum.
+    nonempty = counts > 0
+    shift = np.zeros(n_examples)
+    shift[nonempty] = all_scores[new_bounds[:-1][nonempty]]
+    weights = np.exp(all_scores - shift[all_owner])
+    totals = np.bincount(all_owner, weights=weights, minlength=n_examples)
+    probabilities = weights / totals[all_owner]
+
+    contexts = [example.context for example in examples]
+    texts = [contexts[i][a:b] for i, a, b in zip(
+        all_owner.tolist(), text_start.tolist(), text_end.tolist(), strict=True)]
+    return NBestLists(
+        ids, new_bounds, texts, all_scores,
+        merged(start_values, cls_start[null_of]), merged(end_values, cls_end[null_of]),
+        answer_starts, probabilities,
+    )
 
 
 @dataclass(frozen=True)

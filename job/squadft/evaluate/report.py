@@ -29,6 +29,7 @@ from squadft.config import Config
 from squadft.errors import ConfigError, DataError
 from squadft.evaluate.postprocess import (
     PostprocessResult,
+    nbest_json_arrays,
     postprocess_predictions,
     sigmoid,
     tune_null_threshold,
@@ -193,8 +194,8 @@ def write_prediction_files(
     with atomic_open(paths["nbest"], "wb") as handle:
         # Written in pieces: the full dev set's n-best lists are ~100 MB as one string.
         handle.write(b"{\n")
-        for i, (qid, candidates) in enumerate(result.nbest.items()):
-            entry = json.dumps(qid) + ": " + json.dumps([c.to_json() for c in candidates])
+        for i, (qid, candidates) in enumerate(nbest_json_arrays(result.nbest)):
+            entry = json.dumps(qid) + ": " + candidates
             handle.write(((",\n" if i else "") + entry).encode("utf-8"))
         handle.write(b"\n}\n")
     if metrics is not None:

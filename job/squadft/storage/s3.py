@@ -6,15 +6,17 @@ Works with AWS S3 and S3-compatible servers (MinIO, Ceph RGW, Cloudflare R2, Sea
   IRSA web identity). Nothing here reads, prints or stores a secret; error messages are built
   from error codes (never from request dumps) and scrubbed of credential values.
 - Transfers use boto3's managed transfer (s3transfer): multipart above a threshold with parts
-  sent concurrently; memory stays bounded by roughly ``max_concurrency x chunk size`` because
-  parts are read from the file when sent. Each request is retried by botocore (``standard`` or
-  ``adaptive`` mode); files whose transfer still fails are retried once more as a whole, and the
-  whole directory upload has a deadline.
-- Integrity: every file is hashed (sha256, size) before upload; objects are sent with
-  ``ChecksumAlgorithm=SHA256`` so a server that supports checksums rejects a corrupted body;
-  after the upload every object is HEADed (size; ChecksumSHA256 where the server returns one,
-  composite "-N" values included); ``manifest.json`` goes up LAST, so a prefix without it is
-  incomplete and never used. Downloads are checked against the manifest's sha256.
+  sent concurrently; s3transfer reads an open file's parts into memory one after the other,
+  at most 10 parts at a time (80 MiB with the 8 MiB default). Each request is retried by
+  botocore (``standard`` or ``adaptive`` mode); files whose transfer still fails are retried
+  once more as a whole, and the whole directory upload has a deadline.
+- Integrity: every file is read once, by its upload, and hashed (sha256) as it is sent; the
+  transport is covered by the checksum botocore sends with every request (CRC32 by default,
+  SHA256 with ``send_checksums``), which the server checks, so a body damaged on the way is
+  refused and sent again. After the upload one listing of the prefix checks every object's
+  size, the sha256 of the bytes sent is compared with the checkpoint's own manifest (or builds
+  the manifest), and ``manifest.json`` goes up LAST, so a prefix without it is incomplete and
+  never used. Downloads are checked against the manifest's sha256.
 """
 
 from __future__ import annotations
@@ -132,9 +134,10 @@ class S3Settings:
     read_timeout: float = 60.0
     max_concurrency: int = 8
     multipart_threshold: int = 64 * MiB
-    multipart_chunksize: int = 16 * MiB
+    multipart_chunksize: int = 8 * MiB  # boto3's default part size
     deadline: float = 1800.0  # seconds for one directory upload or download, retries included
-    send_checksums: bool = True  # ChecksumAlgorithm=SHA256 on uploads (off for old servers)
+    # ChecksumAlgorithm=SHA256 on every upload request instead of botocore's default (CRC32)
+    send_checksums: bool = False
 
     def __post_init__(self) -> None:
         if self.retry_mode not in RETRY_MODES:
@@ -361,7 +364,7 @@ class UploadedFile:
     size: int
     sha256: str
     multipart: bool
-    checksum_verified: bool  # the server's ChecksumSHA256 matched (else: size only)
+    hashed_while_sent: bool  # sha256 of the bytes read for sending (else: a second read)
 
 
 @dataclass(frozen=True)
@@ -378,30 +381,93 @@ class UploadResult:
 
     def summary(self) -> str:
         rate = self.bytes / MiB / self.seconds if self.seconds > 0 else float("inf")
-        checked = sum(f.checksum_verified for f in self.files)
         return (f"uploaded {len(self.files)} files ({self.bytes / MiB:.1f} MiB) to "
                 f"{self.location.uri} in {self.seconds:.1f}s ({rate:.1f} MiB/s); sizes verified, "
-                f"server sha256 verified for {checked}/{len(self.files)}; manifest written last")
+                f"sha256 of every file in its manifest; manifest written last")
+
+
+class _HashingReader:
+    """A seekable read-only file for s3transfer that computes the sha256 of the bytes it hands
+    out, so the upload's own read is the only read and the digest is that of what was sent.
+
+    s3transfer reads an open file sequentially (multipart: one part after the other into
+    memory, from one thread; single request: botocore reads it for its checksum, seeks back and
+    reads it again to send it, and again on a retry). Bytes already hashed are not hashed twice;
+    if a read ever skipped ahead, `digest()` is None and the caller hashes the file itself. The
+    file is opened on first use and reopened after `close()` if a retry needs it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: Any = None
+        self._position = 0
+        self._hashed = 0
+        self._skipped = False
+        self._size: int | None = None
+        self._sha256 = hashlib.sha256()
+        self._lock = threading.Lock()
+
+    def _file(self) -> Any:
+        if self._handle is None:
+            self._handle = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+            if self._size is None:
+                self._size = os.fstat(self._handle.fileno()).st_size
+            self._handle.seek(self._position)
+        return self._handle
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        with self._lock:
+            self._position = self._file().seek(offset, whence)
+            return self._position
+
+    def read(self, size: int | None = -1) -> bytes:
+        with self._lock:
+            data = self._file().read(-1 if size is None else size)
+            start, end = self._position, self._position + len(data)
+            if start > self._hashed:
+                self._skipped = True
+            elif end > self._hashed:
+                self._sha256.update(memoryview(data)[self._hashed - start:])
+                self._hashed = end
+            self._position = end
+            return data
+
+    def close(self) -> None:
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
+
+    def digest(self) -> FileDigest | None:
+        """Size and sha256 of the whole file as read, None unless every byte went through."""
+        with self._lock:
+            if self._skipped or self._size is None or self._hashed != self._size:
+                return None
+            return FileDigest(size=self._size, sha256=self._sha256.hexdigest(), part_digests=())
 
 
 @dataclass
 class _PlannedFile:
     relpath: str
     path: Path
-    digest: FileDigest
-    part_size: int | None  # set when s3transfer will use multipart for this file
+    size: int
+    expected: ManifestEntry | None  # from the directory's own manifest.json, if it has one
+    reader: _HashingReader | None = None
+    digest: FileDigest | None = None
+    hashed_while_sent: bool = False
 
 
-def _multipart_part_size(settings: S3Settings, size: int) -> int | None:
-    if size < settings.multipart_threshold:
-        return None
-    from s3transfer.utils import ChunksizeAdjuster
-
-    return int(ChunksizeAdjuster().adjust_chunksize(settings.multipart_chunksize, size))
-
-
-def _plan_upload(directory: Path, settings: S3Settings) -> tuple[list[_PlannedFile], int, bytes]:
-    """Hash every file once; keep (or build) the manifest that lists them."""
+def _plan_upload(directory: Path) -> tuple[list[_PlannedFile], Manifest | None]:
+    """The files to upload (those of the directory's manifest.json when it has one)."""
     manifest_path = directory / MANIFEST_NAME
     local_manifest: Manifest | None = None
     if manifest_path.exists():
@@ -421,29 +487,41 @@ def _plan_upload(directory: Path, settings: S3Settings) -> tuple[list[_PlannedFi
         path = directory / relpath
         try:
             size = path.stat().st_size
-            part_size = _multipart_part_size(settings, size)
-            digest = hash_file(path, part_size)
         except OSError as exc:
             raise StorageError(f"cannot upload {directory}: cannot read {relpath} "
                                f"({exc.strerror or exc})") from None
-        if local_manifest is not None:
-            expected = local_manifest.files[relpath]
-            if (digest.size, digest.sha256) != (expected.size, expected.sha256):
-                raise StorageError(f"cannot upload {directory}: local {relpath} does not match "
-                                   f"its {MANIFEST_NAME} (corrupt checkpoint)")
-        planned.append(_PlannedFile(relpath, path, digest, part_size))
-    if local_manifest is not None:
-        return planned, local_manifest.step, local_manifest.raw
-    step = step_from_dir_name(directory.name) or 0
-    entries = {p.relpath: ManifestEntry(p.digest.size, p.digest.sha256) for p in planned}
-    return planned, step, build_manifest_bytes(step, entries)
+        expected = local_manifest.files[relpath] if local_manifest is not None else None
+        if expected is not None and expected.size != size:
+            raise StorageError(f"cannot upload {directory}: local {relpath} does not match "
+                               f"its {MANIFEST_NAME} (corrupt checkpoint)")
+        planned.append(_PlannedFile(relpath, path, size, expected))
+    return planned, local_manifest
 
 
-def _expected_checksum(digest: FileDigest, part_size: int | None) -> str:
-    if part_size is None:
-        return base64.b64encode(bytes.fromhex(digest.sha256)).decode()
-    combined = hashlib.sha256(b"".join(digest.part_digests)).digest()
-    return f"{base64.b64encode(combined).decode()}-{len(digest.part_digests)}"
+def _check_sent_content(directory: Path, planned: list[_PlannedFile]) -> None:
+    """Take each file's sha256 from its upload (hash it again only where that was
+    impossible) and compare it with the directory's own manifest."""
+    for item in planned:
+        digest = item.reader.digest() if item.reader is not None else None
+        item.hashed_while_sent = digest is not None
+        if digest is None:
+            try:
+                digest = hash_file(item.path)
+            except OSError as exc:
+                raise StorageError(f"cannot upload {directory}: cannot read {item.relpath} "
+                                   f"({exc.strerror or exc})") from None
+        item.digest = digest
+        if digest.size != item.size or (
+                item.expected is not None
+                and (digest.size, digest.sha256) != (item.expected.size, item.expected.sha256)):
+            raise StorageError(f"cannot upload {directory}: local {item.relpath} does not match "
+                               f"its {MANIFEST_NAME} (corrupt or changed during upload); no "
+                               "manifest written")
+
+
+def _sha256_checksum(digest: FileDigest) -> str:
+    """The base64 form of a full-object sha256, as in S3's ChecksumSHA256."""
+    return base64.b64encode(bytes.fromhex(digest.sha256)).decode()
 
 
 class _Deadline:
@@ -514,10 +592,12 @@ def upload_directory(
 ) -> UploadResult:
     """Upload every file of `directory` to `location/<relpath>`, verify, then `manifest.json`.
 
-    If the directory has a manifest.json (a checkpoint), the files it lists are checked against it
-    before upload and exactly its bytes are uploaded; otherwise a manifest is built from the
-    files' sha256. Until the manifest is written the prefix is incomplete; any manifest already
-    at the prefix is deleted first, so a re-upload never looks complete with mixed contents.
+    Each file is read once, by the upload itself, and hashed as it is sent. If the directory
+    has a manifest.json (a checkpoint), the files it lists are uploaded and their sha256 must
+    match it; exactly its bytes are uploaded. Otherwise a manifest is built from the sha256 of
+    the bytes sent. The sizes in the bucket are checked with one listing of the prefix. Until
+    the manifest is written the prefix is incomplete; any manifest already at the prefix is
+    deleted first, so a re-upload never looks complete with mixed contents.
     Raises StorageError (one line) on failure; local files are never modified.
     """
     directory = Path(directory)
@@ -526,7 +606,7 @@ def upload_directory(
     deadline = _Deadline(settings.deadline)
     started = time.monotonic()
     endpoint = _endpoint_of(client)
-    planned, step, manifest_bytes = _plan_upload(directory, settings)
+    planned, local_manifest = _plan_upload(directory)
     manifest_key = location.key(MANIFEST_NAME)
     try:
         client.delete_object(Bucket=location.bucket, Key=manifest_key)
@@ -536,44 +616,65 @@ def upload_directory(
 
     from boto3.s3.transfer import create_transfer_manager
 
+    # Without an explicit algorithm botocore sends its default checksum (CRC32) with every
+    # request and the server rejects a body damaged on the way; the manifest's sha256 covers
+    # the content end to end.
     extra_args = {"ChecksumAlgorithm": "SHA256"} if settings.send_checksums else {}
     remaining = list(planned)
     rounds = 0
-    with create_transfer_manager(client, settings.transfer_config()) as manager:
-        # botocore already retries each request; a second round re-sends whole files whose
-        # transfer still failed (e.g. a multipart upload aborted after its part retries ran out)
-        for rounds in range(1, 3):
-            try:
-                failures = _run_transfers(
-                    lambda p, subscribers: manager.upload(
-                        str(p.path), location.bucket, location.key(p.relpath),
-                        extra_args=dict(extra_args), subscribers=subscribers),
-                    remaining, deadline,
-                )
-            except _DeadlineReached:
-                raise StorageError(
-                    f"cannot upload {directory} to {location.uri}: deadline of "
-                    f"{settings.deadline:g}s reached; no manifest written"
-                ) from None
-            if not failures:
-                break
-            first = next(iter(failures.values()))
-            failed = [remaining[i] for i in sorted(failures)]
-            if rounds == 2 or deadline.expired() or any(map(_is_permanent, failures.values())):
-                target = location.object_uri(failed[0].relpath)
-                cause = describe_cause(first, endpoint=endpoint, missing="bucket not found")
-                raise StorageError(
-                    f"cannot upload {target}: {cause}"
-                    f" ({len(failed)} of {len(planned)} files failed; no manifest written)"
-                )
-            say(f"retrying {len(failed)} files of {location.uri} after: "
-                f"{describe_cause(first, endpoint=endpoint)}", warning=True)
-            remaining = failed
 
-    uploaded = [_verify_object(client, location, p, endpoint) for p in planned]
+    def submit(item: _PlannedFile, subscribers: list[Any]) -> Any:
+        if item.reader is not None:
+            item.reader.close()
+        item.reader = _HashingReader(item.path)
+        return manager.upload(item.reader, location.bucket, location.key(item.relpath),
+                              extra_args=dict(extra_args), subscribers=subscribers)
+
+    try:
+        with create_transfer_manager(client, settings.transfer_config()) as manager:
+            # botocore already retries each request; a second round re-sends whole files whose
+            # transfer still failed (e.g. a multipart upload aborted after its part retries ran
+            # out)
+            for rounds in range(1, 3):
+                try:
+                    failures = _run_transfers(submit, remaining, deadline)
+                except _DeadlineReached:
+                    raise StorageError(
+                        f"cannot upload {directory} to {location.uri}: deadline of "
+                        f"{settings.deadline:g}s reached; no manifest written"
+                    ) from None
+                if not failures:
+                    break
+                first = next(iter(failures.values()))
+                failed = [remaining[i] for i in sorted(failures)]
+                if (rounds == 2 or deadline.expired()
+                        or any(map(_is_permanent, failures.values()))):
+                    target = location.object_uri(failed[0].relpath)
+                    cause = describe_cause(first, endpoint=endpoint, missing="bucket not found")
+                    raise StorageError(
+                        f"cannot upload {target}: {cause}"
+                        f" ({len(failed)} of {len(planned)} files failed; no manifest written)"
+                    )
+                say(f"retrying {len(failed)} files of {location.uri} after: "
+                    f"{describe_cause(first, endpoint=endpoint)}", warning=True)
+                remaining = failed
+    finally:
+        for item in planned:
+            if item.reader is not None:
+                item.reader.close()
+
+    _check_sent_content(directory, planned)
+    _verify_sizes(client, location, planned, endpoint)
     if deadline.expired():
         raise StorageError(f"cannot upload {directory} to {location.uri}: deadline of "
                            f"{settings.deadline:g}s reached; no manifest written")
+    if local_manifest is not None:
+        step, manifest_bytes = local_manifest.step, local_manifest.raw
+    else:
+        step = step_from_dir_name(directory.name) or 0
+        manifest_bytes = build_manifest_bytes(step, {
+            p.relpath: ManifestEntry(p.digest.size, p.digest.sha256)
+            for p in planned if p.digest is not None})
     try:
         client.put_object(Bucket=location.bucket, Key=manifest_key, Body=manifest_bytes,
                           ContentType="application/json")
@@ -584,33 +685,30 @@ def upload_directory(
     if head.get("ContentLength") != len(manifest_bytes):
         raise StorageError(f"cannot upload {location.object_uri(MANIFEST_NAME)}: size differs "
                            "after upload")
-    return UploadResult(location, step, tuple(uploaded), time.monotonic() - started, rounds)
+    uploaded = tuple(
+        UploadedFile(p.relpath, location.key(p.relpath), p.size, p.digest.sha256,
+                     p.size >= settings.multipart_threshold, p.hashed_while_sent)
+        for p in planned if p.digest is not None)
+    return UploadResult(location, step, uploaded, time.monotonic() - started, rounds)
 
 
-def _verify_object(client: Any, location: S3Location, planned: _PlannedFile,
-                   endpoint: str) -> UploadedFile:
-    key = location.key(planned.relpath)
-    target = f"s3://{location.bucket}/{key}"
-    try:
-        head = client.head_object(Bucket=location.bucket, Key=key, ChecksumMode="ENABLED")
-    except Exception as exc:
-        raise storage_error(exc, "verify", target, endpoint=endpoint) from None
-    if head.get("ContentLength") != planned.digest.size:
-        raise StorageError(f"cannot verify {target}: {head.get('ContentLength')} bytes in the "
-                           f"bucket, {planned.digest.size} locally")
-    remote = head.get("ChecksumSHA256")
-    verified = False
-    if remote:
-        expected = _expected_checksum(planned.digest, planned.part_size)
-        # A server may report a full-object checksum for multipart uploads; compare what it gave.
-        if "-" not in remote:
-            expected = _expected_checksum(planned.digest, None)
-        if remote != expected:
-            raise StorageError(f"cannot verify {target}: sha256 in the bucket differs from the "
-                               "local file")
-        verified = True
-    return UploadedFile(planned.relpath, key, planned.digest.size, planned.digest.sha256,
-                        planned.part_size is not None, verified)
+def _verify_sizes(client: Any, location: S3Location, planned: list[_PlannedFile],
+                  endpoint: str) -> None:
+    """Every object must be in the bucket with its local size: one listing of the prefix, and
+    a HEAD only for what the listing does not show (a server whose listings lag behind)."""
+    listed = list_keys(client, location) if planned else {}
+    for item in planned:
+        key = location.key(item.relpath)
+        size = listed.get(key)
+        if size != item.size:
+            try:
+                size = client.head_object(Bucket=location.bucket, Key=key).get("ContentLength")
+            except Exception as exc:
+                raise storage_error(exc, "verify", f"s3://{location.bucket}/{key}",
+                                    endpoint=endpoint) from None
+        if size != item.size:
+            raise StorageError(f"cannot verify s3://{location.bucket}/{key}: {size} bytes in "
+                               f"the bucket, {item.size} locally")
 
 
 # --- download ------------------------------------------------------------------------------------
@@ -805,7 +903,7 @@ class S3Source:
         if digest.size != size:
             raise ChecksumError(f"downloaded {target} has {digest.size} bytes, expected {size}")
         remote = head.get("ChecksumSHA256")
-        if remote and "-" not in remote and remote != _expected_checksum(digest, None):
+        if remote and "-" not in remote and remote != _sha256_checksum(digest):
             raise ChecksumError(f"downloaded {target}: sha256 differs from the server's checksum")
         entry = self._manifest_entry(name)
         if entry is not None and (entry.size, entry.sha256) != (digest.size, digest.sha256):
