@@ -30,6 +30,10 @@ def test_demo_preset_runs_offline_end_to_end(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     assert results["total"] == 24
     assert 0.0 <= results["f1"] <= 100.0 and "best_f1" in results
+    lines = [json.loads(line) for line in
+             (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "loss" in r] == [4]  # logging_steps 5, last step 4
+    assert lines[-1]["step"] == 4 and lines[-1]["eval"]["f1"] == results["f1"]
     # final/ loads with plain transformers, no squadft code
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 

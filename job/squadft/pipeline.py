@@ -7,20 +7,18 @@ tokenizes while the other ranks wait, then everyone reads the same cache).
 
 from __future__ import annotations
 
-import sys
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from squadft.config import Config
 from squadft.data.features import FeatureReport, Features, LazyTokenizer, load_or_build_features
 from squadft.data.pull import FetchedFile, pull_dataset
 from squadft.data.squad import Example, ParseReport, load_squad_cached
 from squadft.errors import StorageError
-from squadft.io import atomic_write_json, ensure_writable_dir
+from squadft.io import ensure_writable_dir
 
 EVAL_RESULTS_FILE = "eval_results.json"
 
@@ -162,59 +160,27 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
                 f"model saved to {result.final_dir}")
         # final/ is on disk before evaluation starts: an evaluation crash loses no training
         if cfg.do_eval and data.dev is not None:
-            evaluate(cfg, model, tokenizer, data.dev, ctx, result.precision)
+            evaluate(cfg, model, tokenizer, data.dev, ctx, result.steps)
         return result
     finally:
         cleanup(ctx)
 
 
 def evaluate(cfg: Config, model: Any, tokenizer: Any, dev: PreparedSplit, ctx: Any,
-             precision: str) -> dict[str, Any]:
-    """EM/F1 through squadft.evaluate.report when available, else the dev loss."""
+             step: int) -> dict[str, Any]:
+    """Official SQuAD 2.0 EM/F1 on the dev data: files in output_dir, a line in metrics.jsonl."""
+    from squadft.evaluate.report import evaluate_model, format_metrics
+    from squadft.train.loop import METRICS_FILE
+
     model.eval()
-    try:
-        from squadft.evaluate.report import evaluate_model, format_metrics
-    except ImportError:  # the evaluation stage is optional for this module
-        evaluate_model = None
-    if evaluate_model is not None:
-        metrics = evaluate_model(model, tokenizer, dev.examples, dev.features, cfg=cfg,
-                                 output_dir=cfg.output_dir, device=ctx.device)
-        if ctx.is_main:
-            for line in format_metrics(metrics).splitlines():
-                say(line)
-        return metrics
-    loss, windows = dev_loss(model, dev.features, ctx, cfg.eval_batch_size, precision,
-                             tokenizer.pad_token_id or 0)
-    results = {"dev_loss": loss, "dev_windows": windows, "dev_examples": len(dev.examples)}
+    metrics = evaluate_model(model, tokenizer, dev.examples, dev.features, cfg=cfg,
+                             output_dir=cfg.output_dir, device=ctx.device)
     if ctx.is_main:
-        atomic_write_json(Path(cfg.output_dir) / EVAL_RESULTS_FILE, results)
-        say(f"dev loss {loss:.4f} over {windows} windows")
-    return results
-
-
-def dev_loss(model: Any, features: Features, ctx: Any, batch_size: int, precision: str,
-             pad_token_id: int = 0) -> tuple[float, int]:
-    """Mean QA loss over all windows; each rank takes every world_size-th window."""
-    import torch
-
-    from squadft.train.batching import collate
-    from squadft.train.distributed import all_reduce_sum
-    from squadft.train.loop import autocast, qa_loss, takes_token_types
-
-    mine = np.arange(ctx.rank, len(features), ctx.world_size)
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for begin in range(0, len(mine), batch_size):
-            indices = mine[begin:begin + batch_size]
-            batch = {k: v.to(ctx.device) for k, v in
-                     collate(features, indices, pad_token_id=pad_token_id,
-                             with_token_types=takes_token_types(model)).items()}
-            with autocast(precision, ctx.device):
-                loss = qa_loss(model, batch)
-            total += float(loss) * len(indices)
-            count += len(indices)
-    total, count_all = all_reduce_sum(ctx, [total, float(count)])
-    if not count_all:
-        print("squadft: warning: no dev windows to evaluate", file=sys.stderr)
-        return float("nan"), 0
-    return total / count_all, int(count_all)
+        for line in format_metrics(metrics).splitlines():
+            say(line)
+        keys = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1",
+                "best_exact", "best_f1", "best_f1_thresh", "null_threshold")
+        record = {"step": step, "eval": {k: metrics[k] for k in keys if k in metrics}}
+        with open(Path(cfg.output_dir) / METRICS_FILE, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    return metrics

@@ -98,17 +98,22 @@ def test_resolve_resume_modes(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_resume(str(tmp_path / "nope"), tmp_path)
     asked = []
+    remote_copy = fake_checkpoint(tmp_path / "downloaded", 12)
 
-    def remote(spec: str) -> Path | None:
-        asked.append(spec)
-        return good
+    def remote(spec: str, newer_than: int | None) -> Path | None:
+        asked.append((spec, newer_than))
+        # the bucket holds step 12: returned only when it is newer than the local one
+        return remote_copy if newer_than is None or newer_than < 12 else None
 
     empty = tmp_path / "empty"
     assert resolve_resume("auto", empty) is None
-    assert resolve_resume("auto", empty, remote) == good
-    assert resolve_resume("auto", tmp_path, remote) == good  # local wins, remote not asked
-    assert resolve_resume("s3://bucket/run/checkpoint-4", tmp_path, remote) == good
-    assert asked == ["auto", "s3://bucket/run/checkpoint-4"]
+    assert resolve_resume("auto", empty, remote) == remote_copy  # nothing local
+    assert resolve_resume("auto", tmp_path, remote) == remote_copy  # remote 12 beats local 4
+    newer_local = fake_checkpoint(tmp_path, 16)
+    assert resolve_resume("auto", tmp_path, remote) == newer_local  # local 16 beats remote 12
+    assert resolve_resume("s3://bucket/run/checkpoint-4", tmp_path, remote) == remote_copy
+    assert asked == [("auto", None), ("auto", 4), ("auto", 16),
+                     ("s3://bucket/run/checkpoint-4", None)]
     with pytest.raises(ConfigError, match="no remote storage"):
         resolve_resume("s3://bucket/x", tmp_path)
 
