@@ -8,6 +8,7 @@ which reacts to signals like squadft but needs no training; the last test runs t
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import shutil
@@ -63,9 +64,16 @@ def read(path: Path) -> str:
     return path.read_text() if path.exists() else f"<{path} missing>"
 
 
-def preempt_and_resume(job_id: str, log: Path, ready: Path) -> dict[str, str]:
-    """USR1 to the batch shell, as --signal=B:USR1@120 does; then release the requeued job."""
-    wait_until(ready.exists, 120, lambda: f"{ready} never appeared\n{read(log)}")
+def preempt_and_resume(job_id: str, log: Path, ready: Path | str) -> dict[str, str]:
+    """USR1 to the batch shell, as --signal=B:USR1@120 does; then release the requeued job.
+
+    `ready`: a file, or a glob pattern, whose appearance means the job is far enough along."""
+    pattern = str(ready)
+
+    def appeared() -> bool:
+        return bool(glob.glob(pattern))
+
+    wait_until(appeared, 120, lambda: f"{pattern} never appeared\n{read(log)}")
     result = run(["scancel", "--signal=USR1", "--batch", job_id])
     assert result.returncode == 0, result.stderr
 
@@ -216,7 +224,7 @@ def test_real_squadft_is_preempted_requeued_and_resumes(
         "--batch-size",
         "4",
         "--max-steps",
-        "40",
+        "200",
         "--save-steps",
         "2",
         "--logging-steps",
@@ -224,14 +232,16 @@ def test_real_squadft_is_preempted_requeued_and_resumes(
     ]
     job_id = submit(args, env, tmp_path)
     log = tmp_path / f"slurm-{job_id}.out"
-    fields = preempt_and_resume(job_id, log, out / "checkpoint-2" / "manifest.json")
+    # any complete checkpoint (rotation may already have removed the first one); 200 steps
+    # leave the signal ample time to land before the first run could finish on its own
+    fields = preempt_and_resume(job_id, log, out / "checkpoint-*" / "manifest.json")
     text = read(log)
     assert fields["JobState"] == "COMPLETED", text
     assert fields["Restarts"] == "1"
     assert "on a preemption signal" in text, text
     assert "second SIGUSR1" not in text
     results = json.loads((out / "train_results.json").read_text())
-    assert results["steps"] == 40
+    assert results["steps"] == 200
     assert results["resumed_from"] and "checkpoint-" in results["resumed_from"], results
     assert (out / "final" / "manifest.json").exists()
     assert "best_f1" in json.loads((out / "eval_results.json").read_text())

@@ -83,7 +83,8 @@ def read_metrics(output_dir: Path) -> list[dict[str, Any]]:
     path = output_dir / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if "eval" not in r]  # training steps only, not the eval line
 
 
 def step_losses(output_dir: Path) -> dict[int, float]:
