@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from squadft.errors import StorageError
+from squadft.errors import DataError, StorageError
 
 _DISK_ERRNOS = {errno.ENOSPC: "disk full", errno.EROFS: "read-only file system",
                 errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded",
@@ -109,3 +111,33 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     except OSError as exc:
         raise StorageError(describe_os_error(exc, path)) from None
     return path
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def read_json_file(path: str | os.PathLike[str], what: str = "") -> Any:
+    """Decoded JSON of a .json or .json.gz file (by magic bytes), or a one-line DataError."""
+    path = Path(path)
+    name = f"{what} {path}" if what else str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{name}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    if raw[:2] == GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise DataError(f"{name}: corrupt or truncated gzip data ({exc})") from None
+    if not raw.strip():
+        raise DataError(f"{name}: the file is empty")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{name}: not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{name}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None

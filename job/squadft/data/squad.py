@@ -13,18 +13,15 @@ Parsing is a pure function of the decoded JSON (`parse_squad`); `load_squad` is 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
 from squadft.errors import DataError, StorageError
-from squadft.io import atomic_write_json
+from squadft.io import atomic_write_json, read_json_file
 
-GZIP_MAGIC = b"\x1f\x8b"
 # Version strings seen in the official files (v1.1 writes "1.1") and in common redistributions.
 V1_VERSIONS = frozenset({"1.0", "1.1", "v1.0", "v1.1"})
 V2_VERSIONS = frozenset({"2.0", "v2.0"})
@@ -88,27 +85,7 @@ class ParseReport:
 def load_squad(path: str | Path) -> tuple[list[Example], ParseReport]:
     """Read a SQuAD .json file, gzip-compressed or not (decided by its magic bytes)."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if raw[:2] == GZIP_MAGIC:
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as exc:
-            raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
+    data = read_json_file(path)
     return parse_squad(data, source=str(path))
 
 

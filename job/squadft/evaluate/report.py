@@ -15,11 +15,9 @@ Files written by `evaluate_model` (atomically) into its output directory:
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import time
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +33,7 @@ from squadft.evaluate.postprocess import (
     tune_null_threshold,
 )
 from squadft.evaluate.squad_metrics import check_predictions, evaluate_predictions
-from squadft.io import atomic_open, atomic_write_json
+from squadft.io import atomic_open, atomic_write_json, read_json_file
 
 V2_VERSIONS = frozenset({"v2.0", "2.0"})
 OFFICIAL_KEYS = (
@@ -45,32 +43,6 @@ OFFICIAL_KEYS = (
 
 
 # --- reading ----------------------------------------------------------------------------------
-
-def read_json_file(path: str | Path, what: str) -> Any:
-    """Decoded JSON of a .json or .json.gz file (by magic bytes), or a one-line DataError."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{what} {path}: file not found") from None
-    except OSError as exc:
-        raise DataError(f"{what} {path}: cannot read: {exc.strerror or exc}") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as exc:
-            raise DataError(f"{what} {path}: corrupt or truncated gzip data ({exc})") from None
-    if not raw.strip():
-        raise DataError(f"{what} {path}: the file is empty")
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{what} {path}: not UTF-8 text (byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{what} {path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
-
 
 @dataclass(frozen=True)
 class GoldStandard:
