@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from squadft.errors import EXIT_PREEMPTED
 from squadft.train.checkpoint import verify_manifest
 
+from tests.helpers import make_tiny_model
 from tests.train.common import (
     ADAM_COMPARABLE,
     REPO_ROOT,
@@ -101,9 +102,26 @@ def test_two_torchrun_nodes_with_c10d_rendezvous(tiny_settings: Any, tmp_path: P
     assert json.loads((out / "train_results.json").read_text())["world_size"] == 2
 
 
+@pytest.fixture(scope="module")
+def dropout_reference(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path,
+                      shared_cache: Path, bert_tokenizer: Any) -> tuple[Path, Path]:
+    """A tiny model WITH dropout and its uninterrupted run: exact resume then needs the saved
+    RNG states (with dropout 0 a resume that reseeded the RNGs would still match)."""
+    model_dir = tmp_path_factory.mktemp("dropout-model")
+    make_tiny_model(len(bert_tokenizer), dropout=0.1).save_pretrained(model_dir)
+    bert_tokenizer.save_pretrained(model_dir)
+    out = tmp_path_factory.mktemp("dropout-reference")
+    settings = run_settings(sample_dir, model_dir, shared_cache, output_dir=str(out),
+                            **REFERENCE)
+    done = run(squadft_command(settings))
+    assert done.returncode == 0, done.stderr
+    return model_dir, out
+
+
 def test_sigkill_then_resume_is_exact(tiny_settings: Any, tmp_path: Path,
-                                      reference: Path) -> None:
-    settings = tiny_settings("killed", **REFERENCE)
+                                      dropout_reference: tuple[Path, Path]) -> None:
+    model_dir, reference = dropout_reference
+    settings = tiny_settings("killed", **REFERENCE, model=str(model_dir))
     out = Path(settings["output_dir"])
     process = start(squadft_command(settings), tmp_path / "killed.log")
     wait_for(lambda: (out / "checkpoint-10" / "manifest.json").is_file(), 120,

@@ -216,6 +216,10 @@ def train_model(
                      with_token_types=takes_token_types(model)),
         sampler=sampler, batch_size=None, num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
+        # Every new iterator draws a worker base seed from this generator. Left to default it
+        # would draw from the global torch RNG, and a resumed run (which opens its iterator
+        # after restoring the RNG states) would see different dropout masks from then on.
+        generator=torch.Generator().manual_seed(cfg.seed + ctx.rank),
     )
     accum = cfg.grad_accum_steps
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * len(sampler) / accum)
