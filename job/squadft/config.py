@@ -253,7 +253,7 @@ def preset_values(name: str) -> dict[str, Any]:
             "dev_sha256": None,
             "model": demo_model_path(),
             "output_dir": "output/demo",
-            "max_train_samples": 640,
+            "max_train_samples": 1000,
             "max_eval_samples": 200,
             "max_seq_length": 192,
             "doc_stride": 64,
