@@ -45,7 +45,9 @@ def load_model(name_or_path: str, **kwargs: Any) -> Any:
 
     # transformers prints a multi-line "LOAD REPORT" table; the check below says what matters
     verbosity = transformers_logging.get_verbosity()
+    bars = transformers_logging.is_progress_bar_enabled()
     transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()  # "Loading weights" bar: noise in job logs
     try:
         model, info = AutoModelForQuestionAnswering.from_pretrained(
             name_or_path, output_loading_info=True, **kwargs
@@ -54,6 +56,8 @@ def load_model(name_or_path: str, **kwargs: Any) -> Any:
         raise ModelLoadError(_load_hint(name_or_path, "model", exc)) from None
     finally:
         transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
     new_head = [k for k in info.get("missing_keys", []) if k.startswith("qa_outputs.")]
     if new_head:
         print(f"squadft: {name_or_path}: new question-answering head initialised "
