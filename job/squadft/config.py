@@ -27,7 +27,6 @@ from squadft.errors import ConfigError
 OFFICIAL_SQUAD_BASE_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
 ENV_PREFIX = "SQUADFT_"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-RESUME_MODES = ("auto", "never")  # or a path / s3:// uri to one checkpoint
 S3_ADDRESSING_STYLES = ("auto", "path", "virtual")
 
 

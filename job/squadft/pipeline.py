@@ -20,8 +20,6 @@ from squadft.data.squad import Example, ParseReport, load_squad_cached
 from squadft.errors import StorageError
 from squadft.io import ensure_writable_dir
 
-EVAL_RESULTS_FILE = "eval_results.json"
-
 
 def say(message: str) -> None:
     print(f"squadft: {message}", flush=True)

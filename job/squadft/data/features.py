@@ -282,15 +282,12 @@ def _build_chunk(
         position <= context_last[window_of_token])
     offsets[~is_context] = -1
 
-    cls_index = _first_position_of(input_ids, tokenizer.cls_token_id, row_splits)
-    start_positions, end_positions = _label_windows(
-        examples, example_index, offsets, is_context, window_of_token, row_splits[:-1],
-        context_first, context_last, cls_index, report,
+    return _labelled_chunk(
+        examples, tokenizer, report, input_ids=input_ids, token_type_ids=token_type_ids,
+        offsets=offsets, row_splits=row_splits, example_index=example_index,
+        is_context=is_context, window_of_token=window_of_token, context_first=context_first,
+        context_last=context_last,
     )
-    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "offsets": offsets,
-            "row_splits": row_splits, "example_index": example_index,
-            "start_positions": start_positions, "end_positions": end_positions,
-            "cls_index": cls_index}
 
 
 # --- windows cut from tokenized contexts ---------------------------------------------------------
@@ -529,16 +526,13 @@ def _build_chunk_from_contexts(
                              + len(middle), 0)
     context_last = np.where(has_context, context_first + context_in_window - 1, -1)
     window_of_token = np.repeat(np.arange(n_windows), lengths)
-    cls_index = _first_position_of(input_ids, tokenizer.cls_token_id, row_splits)
     example_index = example_index.astype(np.int32)
-    start_positions, end_positions = _label_windows(
-        examples, example_index, offsets, is_context, window_of_token, row_splits[:-1],
-        context_first, context_last, cls_index, report,
+    return _labelled_chunk(
+        examples, tokenizer, report, input_ids=input_ids, token_type_ids=token_type_ids,
+        offsets=offsets, row_splits=row_splits, example_index=example_index,
+        is_context=is_context, window_of_token=window_of_token, context_first=context_first,
+        context_last=context_last,
     )
-    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "offsets": offsets,
-            "row_splits": row_splits, "example_index": example_index,
-            "start_positions": start_positions, "end_positions": end_positions,
-            "cls_index": cls_index}
 
 
 def _encode_questions(examples: Sequence[Example], backend: Any, limit: int,
@@ -561,6 +555,24 @@ def _encode_questions(examples: Sequence[Example], backend: Any, limit: int,
                 keep -= 1
         result.append(ids)
     return result
+
+
+def _labelled_chunk(
+    examples: Sequence[Example], tokenizer: Any, report: FeatureReport, *,
+    input_ids: np.ndarray, token_type_ids: np.ndarray | None, offsets: np.ndarray,
+    row_splits: np.ndarray, example_index: np.ndarray, is_context: np.ndarray,
+    window_of_token: np.ndarray, context_first: np.ndarray, context_last: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """A chunk's arrays plus each window's answer labels (its CLS position when unanswerable)."""
+    cls_index = _first_position_of(input_ids, tokenizer.cls_token_id, row_splits)
+    start_positions, end_positions = _label_windows(
+        examples, example_index, offsets, is_context, window_of_token, row_splits[:-1],
+        context_first, context_last, cls_index, report,
+    )
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "offsets": offsets,
+            "row_splits": row_splits, "example_index": example_index,
+            "start_positions": start_positions, "end_positions": end_positions,
+            "cls_index": cls_index}
 
 
 def _label_windows(

@@ -2,10 +2,11 @@
 
 The manifest format is the one in notes/interfaces.md and train/checkpoint.py:
 ``{"format": "squadft-checkpoint/1", "step": int, "files": {relpath: {"size", "sha256"}},
-"created": ISO-8601}``. train/checkpoint.py writes manifests into checkpoint directories;
-this module parses manifests that come from a bucket (untrusted: relative paths are checked so
-that a download can never write outside its directory) and hashes files for uploads of
-directories that have no manifest of their own (``squadft upload DIR``).
+"created": ISO-8601}``. This module is the one place that builds manifest bytes (used by
+train/checkpoint.py for checkpoint directories and by uploads of directories that have no
+manifest of their own, ``squadft upload DIR``), parses manifests that come from a bucket
+(untrusted: relative paths are checked so that a download can never write outside its
+directory) and hashes files for uploads and downloads.
 """
 
 from __future__ import annotations
@@ -40,10 +41,6 @@ class Manifest:
     files: dict[str, ManifestEntry]
     created: str
     raw: bytes  # the exact bytes, so a download writes back the manifest it verified against
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(entry.size for entry in self.files.values())
 
 
 def parse_manifest(raw: bytes) -> Manifest:

@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +25,18 @@ import torch
 
 from squadft.config import Config
 from squadft.errors import ConfigError, StorageError
-from squadft.io import atomic_write_json, fsync_dir, sha256_file
+from squadft.io import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
+from squadft.storage.manifest import (
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    ManifestEntry,
+    build_manifest_bytes,
+    step_from_dir_name,
+)
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "squadft-checkpoint/1"
+# One manifest format for local checkpoints and buckets: storage.manifest builds and parses it.
+MANIFEST = MANIFEST_NAME
 TRAINER_STATE = "trainer_state.json"
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 # remote_finder(spec, newer_than): spec is "auto" or a remote checkpoint URI; for "auto" it
 # returns the newest complete remote checkpoint above step `newer_than` (downloaded), else None.
@@ -55,14 +59,8 @@ def write_manifest(directory: str | os.PathLike[str], step: int) -> Path:
         relpath = path.relative_to(directory).as_posix()
         if relpath == MANIFEST:
             continue
-        files[relpath] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "step": int(step),
-        "files": files,
-        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-    atomic_write_json(directory / MANIFEST, manifest)
+        files[relpath] = ManifestEntry(size=path.stat().st_size, sha256=sha256_file(path))
+    atomic_write_bytes(directory / MANIFEST, build_manifest_bytes(int(step), files))
     return directory / MANIFEST
 
 
@@ -104,8 +102,7 @@ def verify_manifest(directory: str | os.PathLike[str]) -> bool:
 
 
 def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
-    match = CHECKPOINT_PATTERN.match(Path(path).name)
-    return int(match.group(1)) if match else None
+    return step_from_dir_name(Path(path).name)
 
 
 def list_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
