@@ -159,6 +159,7 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
         # final/ is on disk before evaluation starts: an evaluation crash loses no training
         if cfg.do_eval and data.dev is not None:
             evaluate(cfg, model, tokenizer, data.dev, ctx, result.steps)
+        barrier(ctx)  # nobody tears the group down while a peer is still in a collective
         return result
     finally:
         cleanup(ctx)

@@ -86,6 +86,7 @@ def _distributed_worker(rank: int, init_file: str, model_dir: str, features: Fea
         metrics = evaluate_model(model, None, examples, features, cfg=cfg,
                                  output_dir=Path(out_dir) / "eval", device="cpu")
         (Path(out_dir) / f"metrics-{rank}.json").write_text(json.dumps(metrics))
+        torch.distributed.barrier()  # as the CLI does: no teardown while a peer is mid-collective
     finally:
         torch.distributed.destroy_process_group()
 

@@ -337,7 +337,7 @@ def run_evaluation(
     from squadft.data.features import build_features
     from squadft.data.squad import load_squad
     from squadft.modeling import load_model, load_tokenizer
-    from squadft.train.distributed import cleanup, setup_distributed
+    from squadft.train.distributed import barrier, cleanup, setup_distributed
 
     gold = load_gold(data_path)
     examples, _ = load_squad(data_path)
@@ -359,6 +359,7 @@ def run_evaluation(
         model = load_model(model_dir).to(ctx.device)
         metrics = evaluate_model(model, tokenizer, examples, features, cfg=cfg,
                                  output_dir=output_dir, device=ctx.device, gold=answers)
+        barrier(ctx)  # nobody tears the group down while a peer is still in a collective
     finally:
         cleanup(ctx)
     return EvaluationRun(metrics, warnings, Path(output_dir), ctx.is_main)
