@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 from squadft import pipeline
 from squadft.cli import app
 from squadft.config import Config
+from squadft.errors import DataError
 from typer.testing import CliRunner
 
 from tests.train.common import cli_flags, run_settings
@@ -26,13 +28,13 @@ def test_pull_reports_each_split_and_then_the_cache(
     fetched = pipeline.pull(cfg, verbose=True)
     first = capsys.readouterr().out.splitlines()
     assert [line.split(":")[1].strip() for line in first] == ["train", "dev"]
-    assert fetched["train"].sha256 in first[0] and first[0].endswith("downloaded)")
-    assert f"{fetched['dev'].size:,} bytes" in first[1]
+    assert fetched["train"][0].sha256 in first[0] and first[0].endswith("downloaded)")
+    assert f"{fetched['dev'][0].size:,} bytes" in first[1]
     pipeline.pull(cfg, verbose=True)
     assert all(line.endswith("cached)") for line in capsys.readouterr().out.splitlines())
 
 
-def test_prepare_limits_samples_detects_v2_and_reuses_cached_features(
+def test_prepare_samples_detects_v2_and_reuses_cached_features(
     settings: dict, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = Config(**settings)
@@ -41,16 +43,85 @@ def test_prepare_limits_samples_detects_v2_and_reuses_cached_features(
     assert data.train is not None and data.dev is not None
     assert len(data.train.examples) == 60 and len(data.dev.examples) == 20
     assert data.is_v2 and "data is SQuAD 2.0" in out
-    assert "train features (first 60 questions, built and cached)" in out
+    assert "a seeded sample of 60 questions" in out and "built and cached" in out
     assert "dev: " in out and "4449 examples" in out  # the parse report of the whole file
     assert not data.train.cache_hit
     again = pipeline.prepare(cfg)
-    assert again.train.cache_hit and again.dev.cache_hit
+    assert again.train.cache_hit and again.dev.cache_hit and again.calibration.cache_hit
     assert "cache hit" in capsys.readouterr().out
     assert (again.train.features.input_ids == data.train.features.input_ids).all()
     other = pipeline.prepare(cfg.replace(max_train_samples=30), splits=("train",),
                              verbose=False)
     assert not other.train.cache_hit and len(other.train.examples) == 30
+
+
+def _ids(examples) -> set[str]:
+    return {e.id for e in examples}
+
+
+def test_calibration_holds_out_whole_articles_of_the_training_data(
+    settings: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = Config(**{**settings, "max_train_samples": None})
+    data = pipeline.prepare(cfg, splits=("train",))
+    train, held = data.train.examples, data.calibration.examples
+    assert not _ids(train) & _ids(held)
+    assert len(train) + len(held) == 4719  # nothing lost, nothing shared
+    # whole articles: every question of a held-out article is held out, none of it trains
+    held_articles = {e.article for e in held}
+    assert len(held_articles) == 1  # 2% of 10 articles, at least one
+    assert not held_articles & {e.article for e in train}
+    out = capsys.readouterr().out
+    assert "calibration questions: 1 training articles held out of training" in out
+    # seeded: the same articles on a rerun, other ones (eventually) with other seeds
+    again = pipeline.prepare(cfg, splits=("train",), verbose=False)
+    assert _ids(again.calibration.examples) == _ids(held)
+    choices = {frozenset(e.article for e in pipeline.prepare(
+        cfg.replace(seed=seed), splits=("train",), verbose=False).calibration.examples)
+        for seed in range(6)}
+    assert len(choices) > 1
+    # off: everything trains and the run says the threshold stays 0
+    off = pipeline.prepare(cfg.replace(calibration_fraction=0.0), splits=("train",))
+    assert off.calibration is None and len(off.train.examples) == 4719
+    assert "no calibration set (calibration_fraction is 0)" in capsys.readouterr().out
+
+
+def test_max_train_samples_is_a_seeded_sample_keeping_the_unanswerable_share(
+    settings: dict,
+) -> None:
+    cfg = Config(**{**settings, "train_file": "dev-v2.0-first12.json.gz",
+                    "calibration_fraction": 0.0, "max_train_samples": 400})
+    sample = pipeline.prepare(cfg, splits=("train",), verbose=False).train.examples
+    share = sum(e.is_impossible for e in sample) / len(sample)
+    assert len(sample) == 400 and share == pytest.approx(2342 / 4449, abs=1 / 400)
+    # spread over the file, not its first 400 questions (which cover two articles)
+    assert len({e.article for e in sample}) == 12
+    again = pipeline.prepare(cfg, splits=("train",), verbose=False).train.examples
+    assert [e.id for e in again] == [e.id for e in sample]
+    other = pipeline.prepare(cfg.replace(seed=7), splits=("train",), verbose=False)
+    assert _ids(other.train.examples) != _ids(sample)
+
+
+def test_several_training_files_train_on_their_union(
+    settings: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = Config(**{**settings, "max_train_samples": None, "calibration_fraction": 0.0,
+                    "train_file": "train-v2.0-first10.json.gz,dev-v2.0-first12.json.gz[:2]"})
+    data = pipeline.prepare(cfg, splits=("train",))
+    out = capsys.readouterr().out
+    assert len(data.train.examples) == 4719 + 208 + 418  # all of train + 2 dev articles
+    assert _ids(data.train.examples) >= _ids(
+        pipeline.prepare(cfg.replace(train_file="dev-v2.0-first12.json.gz[:2]"),
+                         splits=("train",), verbose=False).train.examples)
+    # one parse report per file, the slice said in words
+    reports = [line for line in out.splitlines() if line.startswith("squadft: train: ")
+               and "SQuAD 2.0" in line]
+    assert len(reports) == 2 and reports[1].endswith("articles [:2]: 626 questions")
+    assert len(data.train.files) == 2 and len(data.train.parse_reports) == 2
+    # the same question in two files is an error, not a silent double weight
+    overlap = cfg.replace(train_file="dev-v2.0-first12.json.gz[:2],dev-v2.0-first12.json.gz[1:3]")
+    with pytest.raises(DataError, match="must not overlap"):
+        pipeline.prepare(overlap, splits=("train",), verbose=False)
 
 
 @pytest.mark.parametrize("flags, code, message", [
@@ -86,3 +157,78 @@ def test_train_writes_the_run_directory(settings: dict) -> None:
                  "final/manifest.json", "final/model.safetensors", "final/tokenizer.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "squadft_config.json").read_text())["max_steps"] == 3
+
+
+def _corrupted_dev(dev_json: dict, directory: Path) -> tuple[Path, str]:
+    """Article 11 of the dev subset, with one answerable question whose answers the parser
+    cannot align (their text is not in the context): it is dropped from the parsed examples
+    but stays in the raw file's gold answers."""
+    article = copy.deepcopy(dev_json["data"][11])
+    qa = next(q for q in article["paragraphs"][0]["qas"] if q["answers"])
+    for answer in qa["answers"]:
+        answer["text"] = "words that are nowhere in the paragraph"
+    data = {"version": "v2.0", "data": [*dev_json["data"][:11], article]}
+    path = directory / "dev-corrupt.json"
+    path.write_text(json.dumps(data))
+    return path, qa["id"]
+
+
+def test_train_calibrates_on_held_out_articles_and_evaluate_reproduces_it(
+    settings: dict, sample_dir: Path, dev_json: dict, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "train-v2.0-first10.json.gz").symlink_to(sample_dir / "train-v2.0-first10.json.gz")
+    dev_path, dropped_id = _corrupted_dev(dev_json, source)
+    cfg = Config(**{**settings, "source": source.as_uri(), "dev_file": f"{dev_path.name}[11:]",
+                    "max_eval_samples": None, "max_steps": 4, "do_eval": True})
+    pipeline.train(cfg)
+    out = capsys.readouterr().out
+    run_dir = Path(cfg.output_dir)
+
+    settings_file = json.loads((run_dir / "final" / "squadft_inference.json").read_text())
+    assert {k: settings_file[k] for k in ("max_seq_length", "doc_stride", "max_query_length",
+                                          "n_best", "max_answer_length")} == {
+        "max_seq_length": 128, "doc_stride": 32, "max_query_length": 32, "n_best": 20,
+        "max_answer_length": 30}
+    calibration = settings_file["calibration"]
+    assert calibration["source"].startswith("1 training articles held out of training")
+    assert settings_file["null_threshold"] == calibration["null_threshold"]
+    # the manifest of final/ covers the settings file (rewritten last)
+    manifest = json.loads((run_dir / "final" / "manifest.json").read_text())
+    assert "squadft_inference.json" in json.dumps(manifest)
+    assert "calibration: null threshold" in out
+
+    results = json.loads((run_dir / "eval_results.json").read_text())
+    assert results["null_threshold"] == calibration["null_threshold"]
+    assert results["null_threshold_kind"] == "calibrated"
+    # scored against the raw file: the question the parser dropped counts, as wrong
+    assert results["total"] == 384 and dropped_id not in json.loads(
+        (run_dir / "predictions.json").read_text())
+    assert "1 questions of dev-corrupt.json[11:] could not be parsed" in out
+    first = next(line for line in out.splitlines() if " questions at null threshold " in line)
+    assert first.startswith("squadft: 384 questions at null threshold ")
+    assert "calibrated on" in first
+    eval_line = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert eval_line["eval"]["null_threshold_kind"] == "calibrated"
+
+    # `squadft evaluate` with no other flags reproduces the evaluation after training
+    again = CliRunner().invoke(app, ["evaluate", "--model", str(run_dir / "final"), "--data",
+                                     f"{dev_path}[11:]", "--output-dir", str(tmp_path / "ev")])
+    assert again.exit_code == 0, again.output
+    for name in ("predictions.json", "na_probs.json"):
+        assert json.loads((tmp_path / "ev" / name).read_text()) == json.loads(
+            (run_dir / name).read_text()), name
+    reproduced = json.loads((tmp_path / "ev" / "eval_results.json").read_text())
+    timing = {"inference_seconds", "postprocess_seconds"}
+    assert {k: v for k, v in reproduced.items() if k not in timing} == {
+        k: v for k, v in results.items() if k not in timing}
+    # flags still override the model's settings
+    other = CliRunner().invoke(app, ["evaluate", "--model", str(run_dir / "final"), "--data",
+                                     f"{dev_path}[11:]", "--output-dir", str(tmp_path / "ev2"),
+                                     "--null-threshold=-1e9", "--max-seq-length", "96"])
+    assert other.exit_code == 0, other.output
+    overridden = json.loads((tmp_path / "ev2" / "eval_results.json").read_text())
+    assert overridden["null_threshold_kind"] == "given" and overridden["NoAns_exact"] == 100.0
+    assert overridden["features"] != results["features"]  # 96-token windows: more of them

@@ -131,7 +131,8 @@ class handle_errors:
 
 PresetOption = Annotated[
     str | None,
-    typer.Option("--preset", help="Start from a named preset (demo) before env and flags."),
+    typer.Option("--preset",
+                 help="Start from a named preset (demo, minilm-cpu) before env and flags."),
 ]
 
 
@@ -177,26 +178,47 @@ def demo(cfg: Config) -> None:
 
 # --- evaluation commands (evaluate, score, predict) go here ----------------------------------
 
-def _eval_config(**overrides: Any) -> Config:
-    """Defaults < SQUADFT_* environment < the flags given (None = not given)."""
-    return Config.resolve(overrides)
+def _eval_config(model_dir: str, **overrides: Any) -> tuple[Config, Any]:
+    """Defaults < the model's saved inference settings < SQUADFT_* environment < the flags
+    given (None = not given); also returns those settings (None when the model has none)."""
+    from squadft.evaluate.report import model_settings
+
+    settings = model_settings(model_dir)
+    base = settings.config_values() if settings is not None else None
+    return Config.resolve(overrides, base=base), settings
 
 
 ModelDirOption = Annotated[
     str, typer.Option("--model", help="A save_pretrained directory (model + tokenizer).")
 ]
+_FROM_MODEL = "the model's squadft_inference.json, else"
 MaxSeqLengthOption = Annotated[
-    int | None, typer.Option("--max-seq-length", help="Tokens per window [default: 384].")
+    int | None, typer.Option("--max-seq-length",
+                             help=f"Tokens per window [default: {_FROM_MODEL} 384].")
 ]
 DocStrideOption = Annotated[
-    int | None, typer.Option("--doc-stride", help="Overlap between windows [default: 128].")
+    int | None, typer.Option("--doc-stride",
+                             help=f"Overlap between windows [default: {_FROM_MODEL} 128].")
+]
+MaxQueryLengthOption = Annotated[
+    int | None, typer.Option("--max-query-length",
+                             help=f"Question tokens kept [default: {_FROM_MODEL} 64].")
 ]
 NBestOption = Annotated[
-    int | None, typer.Option("--n-best", help="Candidate starts/ends per window [default: 20].")
+    int | None, typer.Option("--n-best",
+                             help=f"Candidate starts/ends per window [default: {_FROM_MODEL} 20].")
 ]
 MaxAnswerLengthOption = Annotated[
     int | None,
-    typer.Option("--max-answer-length", help="Longest answer in tokens [default: 30]."),
+    typer.Option("--max-answer-length",
+                 help=f"Longest answer in tokens [default: {_FROM_MODEL} 30]."),
+]
+NullThresholdOption = Annotated[
+    str | None,
+    typer.Option("--null-threshold", help="Answer \"\" when null score - best span score "
+                 "exceeds this number; 'auto' = the threshold calibrated on held-out data "
+                 "when the model was trained (0 when it has none). Never tuned on the "
+                 "evaluated questions [default: auto]."),
 ]
 BatchSizeOption = Annotated[
     int | None, typer.Option("--batch-size", help="Windows per forward pass [default: 64].")
@@ -207,10 +229,15 @@ PrecisionOption = Annotated[
 
 
 @app.command(help="Evaluate a saved model on a SQuAD file: write predictions.json, "
-             "na_probs.json, nbest_predictions.json and eval_results.json; print EM/F1.")
+             "na_probs.json, nbest_predictions.json and eval_results.json; print EM/F1 at "
+             "the model's calibrated no-answer threshold, the \"always no answer\" baseline "
+             "and the oracle best_*. With no flags it reproduces the evaluation that ran "
+             "after training.")
 def evaluate(
     model: ModelDirOption,
-    data: Annotated[str, typer.Option("--data", help="SQuAD .json or .json.gz to score on.")],
+    data: Annotated[str, typer.Option(
+        "--data", help="SQuAD .json or .json.gz to score on; PATH[A:B] scores articles A "
+        "to B-1 only.")],
     output_dir: Annotated[
         str | None,
         typer.Option("--output-dir", help="Where the outputs go [default: <output_dir>/evaluate]."),
@@ -218,13 +245,10 @@ def evaluate(
     batch_size: BatchSizeOption = None,
     n_best: NBestOption = None,
     max_answer_length: MaxAnswerLengthOption = None,
-    null_threshold: Annotated[
-        str | None,
-        typer.Option("--null-threshold", help="'auto' (tune for F1 on this data; raw and tuned "
-                     "scores are both reported) or a number [default: auto]."),
-    ] = None,
+    null_threshold: NullThresholdOption = None,
     max_seq_length: MaxSeqLengthOption = None,
     doc_stride: DocStrideOption = None,
+    max_query_length: MaxQueryLengthOption = None,
     max_eval_samples: Annotated[
         int | None, typer.Option("--max-eval-samples", help="Only the first N questions.")
     ] = None,
@@ -233,13 +257,16 @@ def evaluate(
     with handle_errors():
         from squadft.evaluate import report
 
-        cfg = _eval_config(
-            eval_batch_size=batch_size, n_best=n_best, max_answer_length=max_answer_length,
-            null_threshold=null_threshold, max_seq_length=max_seq_length, doc_stride=doc_stride,
-            max_eval_samples=max_eval_samples, precision=precision,
+        cfg, settings = _eval_config(
+            model, eval_batch_size=batch_size, n_best=n_best,
+            max_answer_length=max_answer_length, null_threshold=null_threshold,
+            max_seq_length=max_seq_length, doc_stride=doc_stride,
+            max_query_length=max_query_length, max_eval_samples=max_eval_samples,
+            precision=precision,
         )
         target = output_dir or os.path.join(cfg.output_dir, "evaluate")
-        run = report.run_evaluation(cfg, model_dir=model, data_path=data, output_dir=target)
+        run = report.run_evaluation(cfg, model_dir=model, data_path=data, output_dir=target,
+                                    settings=settings)
         if run.is_main:
             for warning in run.warnings:
                 typer.echo(f"squadft: warning: {warning}", err=True)
@@ -286,15 +313,13 @@ def predict(
     output: Annotated[
         str | None, typer.Option("--output", help="Write the JSON lines here, not to stdout.")
     ] = None,
-    null_threshold: Annotated[
-        float, typer.Option("--null-threshold", help="Answer \"\" when null score - best span "
-                            "score exceeds this (e.g. eval_results.json's null_threshold).")
-    ] = 0.0,
+    null_threshold: NullThresholdOption = None,
     batch_size: BatchSizeOption = None,
     n_best: NBestOption = None,
     max_answer_length: MaxAnswerLengthOption = None,
     max_seq_length: MaxSeqLengthOption = None,
     doc_stride: DocStrideOption = None,
+    max_query_length: MaxQueryLengthOption = None,
     precision: PrecisionOption = None,
 ) -> None:
     with handle_errors():
@@ -311,12 +336,14 @@ def predict(
             questions = report.read_questions_jsonl(input)
         else:
             questions = [report.question_from_flags(question or "", context or "")]
-        cfg = _eval_config(
-            eval_batch_size=batch_size, n_best=n_best, max_answer_length=max_answer_length,
-            max_seq_length=max_seq_length, doc_stride=doc_stride, precision=precision,
+        cfg, settings = _eval_config(
+            model, eval_batch_size=batch_size, n_best=n_best,
+            max_answer_length=max_answer_length, null_threshold=null_threshold,
+            max_seq_length=max_seq_length, doc_stride=doc_stride,
+            max_query_length=max_query_length, precision=precision,
         )
         answers = report.run_prediction(cfg, model_dir=model, questions=questions,
-                                        null_threshold=null_threshold, output_path=output)
+                                        settings=settings, output_path=output)
         if output is None:
             for answer in answers:
                 typer.echo(json.dumps(answer, ensure_ascii=False))

@@ -48,15 +48,44 @@ class Config:
         "s3://bucket/prefix holding the train and dev files.",
         "data",
     )
-    train_file: str = _opt("train-v2.0.json", "Training file name under --source.", "data")
-    dev_file: str = _opt("dev-v2.0.json", "Evaluation file name under --source.", "data")
-    train_sha256: str | None = _opt(None, "Expected sha256 of the training file.", "data")
+    train_file: str = _opt(
+        "train-v2.0.json",
+        "Training file(s) under --source, comma-separated (their union is trained on); "
+        "NAME[A:B] takes articles A to B-1 of a file.",
+        "data",
+    )
+    dev_file: str = _opt(
+        "dev-v2.0.json", "Evaluation file under --source (NAME[A:B]: articles A to B-1).", "data"
+    )
+    calibration_file: str | None = _opt(
+        None,
+        "File under --source to calibrate the no-answer threshold on, instead of holding out "
+        "training articles (NAME[A:B] allowed).",
+        "data",
+    )
+    calibration_fraction: float = _opt(
+        0.02,
+        "Fraction of each training file's articles (at least one) held out of training to "
+        "calibrate the no-answer threshold, when the training data has unanswerable "
+        "questions; 0 disables.",
+        "data",
+    )
+    train_sha256: str | None = _opt(
+        None, "Expected sha256 of the training file(s), comma-separated in the same order.",
+        "data",
+    )
     dev_sha256: str | None = _opt(None, "Expected sha256 of the evaluation file.", "data")
     cache_dir: str = _opt(
         default_cache_dir(), "Cache for downloads and tokenized features.", "data"
     )
     max_train_samples: int | None = _opt(
-        None, "Use only the first N training questions (debugging, demos).", "data"
+        None,
+        "Train on a seeded sample of N questions that keeps the unanswerable share "
+        "(debugging, demos).",
+        "data",
+    )
+    max_calibration_samples: int | None = _opt(
+        None, "Calibrate on a seeded sample of N held-out questions (same rule).", "data"
     )
     max_eval_samples: int | None = _opt(
         None, "Use only the first N evaluation questions.", "data"
@@ -108,8 +137,9 @@ class Config:
     max_answer_length: int = _opt(30, "Longest answer span in tokens.", "eval")
     null_threshold: str = _opt(
         "auto",
-        "Predict no-answer when null score - best span score > threshold; "
-        "auto = tune it for F1 on the evaluation data.",
+        "Predict no-answer when null score - best span score > threshold; auto = the "
+        "threshold calibrated on held-out training data (0 when there is none). Never tuned "
+        "on the evaluated questions.",
         "eval",
     )
     # --- storage --------------------------------------------------------------------------
@@ -172,11 +202,14 @@ class Config:
         overrides: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         preset: str | None = None,
+        base: Mapping[str, Any] | None = None,
     ) -> Config:
-        """Defaults < preset < SQUADFT_* environment < explicit overrides (None = not given)."""
+        """Defaults < preset < base (e.g. a model's saved inference settings) < SQUADFT_*
+        environment < explicit overrides (None = not given)."""
         values: dict[str, Any] = {}
         if preset:
             values.update(preset_values(preset))
+        values.update(base or {})
         values.update(values_from_env(os.environ if env is None else env))
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         unknown = set(values) - {f.name for f in fields(cls)}
@@ -238,35 +271,64 @@ def _bundled_sample(name: str) -> str:
     return str(files("squadft") / "data" / "sample" / name)
 
 
-def preset_values(name: str) -> dict[str, Any]:
-    """Named bundles of overrides. `demo` runs offline in a few minutes on 2 CPU cores."""
-    if name == "demo":
-        from squadft.modeling import demo_model_path
+# The bundled samples, split by article so that nothing scored was trained or calibrated on:
+# train-v2.0-first10 and dev-v2.0-first12's articles 0-3 and 6-7 train (6,848 questions, 22%
+# unanswerable), dev articles 4-5 (676 questions, 50% unanswerable, like the dev set) calibrate
+# the no-answer threshold, and the last 4 dev articles (1,644 questions, 49.6% unanswerable)
+# are scored.
+SAMPLE_TRAIN_FILES = ("train-v2.0-first10.json.gz,dev-v2.0-first12.json.gz[:4],"
+                      "dev-v2.0-first12.json.gz[6:8]")
+SAMPLE_CALIBRATION_FILE = "dev-v2.0-first12.json.gz[4:6]"
+SAMPLE_DEV_FILE = "dev-v2.0-first12.json.gz[8:]"
+PRESETS = ("demo", "minilm-cpu")
 
-        sample_dir = Path(_bundled_sample("ATTRIBUTION.md")).parent
-        return {
-            "source": sample_dir.as_uri(),
-            "train_file": "train-v2.0-first10.json.gz",
-            "dev_file": "dev-v2.0-first12.json.gz",
-            "train_sha256": None,
-            "dev_sha256": None,
-            "model": demo_model_path(),
+
+def preset_values(name: str) -> dict[str, Any]:
+    """Named bundles of overrides for the bundled data and the small MiniLM model (offline).
+
+    minilm-cpu: the CPU recipe that learns to abstain (about 40 minutes on 2 cores);
+    demo: the same data and model in a few minutes.
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    from squadft.modeling import demo_model_path
+
+    sample_dir = Path(_bundled_sample("ATTRIBUTION.md")).parent
+    common = {
+        "source": sample_dir.as_uri(),
+        "train_file": SAMPLE_TRAIN_FILES,
+        "dev_file": SAMPLE_DEV_FILE,
+        "train_sha256": None,
+        "dev_sha256": None,
+        "model": demo_model_path(),
+        "calibration_file": SAMPLE_CALIBRATION_FILE,
+        "eval_batch_size": 64,
+        "warmup_ratio": 0.1,
+        "num_workers": 0,
+        "precision": "fp32",
+    }
+    if name == "minilm-cpu":
+        return {**common,
+                "output_dir": "output/minilm-cpu",
+                "max_seq_length": 256,
+                "doc_stride": 96,
+                "batch_size": 16,
+                "learning_rate": 1e-4,
+                "epochs": 2.0,
+                "logging_steps": 20,
+                "save_steps": 200}
+    return {**common,
             "output_dir": "output/demo",
-            "max_train_samples": 1000,
-            "max_eval_samples": 200,
+            "max_train_samples": 1200,
+            "max_calibration_samples": 300,
+            "max_eval_samples": 300,
             "max_seq_length": 192,
             "doc_stride": 64,
             "batch_size": 8,
-            "eval_batch_size": 64,
             "learning_rate": 2e-4,
-            "warmup_ratio": 0.1,
             "epochs": 1.0,
-            "num_workers": 0,
-            "logging_steps": 5,
-            "save_steps": 0,
-            "precision": "fp32",
-        }
-    raise ConfigError(f"unknown preset {name!r} (known: demo)")
+            "logging_steps": 10,
+            "save_steps": 0}
 
 
 def _validate(cfg: Config) -> typing.Iterator[str]:
@@ -290,11 +352,14 @@ def _validate(cfg: Config) -> typing.Iterator[str]:
         yield f"learning_rate must be > 0 (got {cfg.learning_rate})"
     if cfg.doc_stride >= cfg.max_seq_length:
         yield f"doc_stride ({cfg.doc_stride}) must be < max_seq_length ({cfg.max_seq_length})"
+    if not 0 <= cfg.calibration_fraction < 1:
+        yield f"calibration_fraction must be in [0, 1) (got {cfg.calibration_fraction})"
     if cfg.warmup_ratio > 1:
         yield f"warmup_ratio must be <= 1 (got {cfg.warmup_ratio})"
     if not cfg.epochs > 0:
         yield f"epochs must be > 0 (got {cfg.epochs})"
-    for name in ("max_steps", "max_train_samples", "max_eval_samples"):
+    for name in ("max_steps", "max_train_samples", "max_eval_samples",
+                 "max_calibration_samples"):
         value = getattr(cfg, name)
         if value is not None and value <= 0:
             yield f"{name} must be > 0 when given (got {value})"
@@ -307,8 +372,26 @@ def _validate(cfg: Config) -> typing.Iterator[str]:
         yield f"s3_uri must start with s3:// (got {redact_url(cfg.s3_uri)!r})"
     for name in ("train_sha256", "dev_sha256"):
         value = getattr(cfg, name)
-        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
-            yield f"{name} must be 64 hex digits"
+        if value is not None and not all(re.fullmatch(r"[0-9a-fA-F]{64}", part.strip())
+                                         for part in value.split(",")):
+            yield f"{name} must be 64 hex digits" + (" per file" if "," in value else "")
+    yield from _file_problems(cfg)
+
+
+def _file_problems(cfg: Config) -> typing.Iterator[str]:
+    from squadft.data.selection import parse_file_list, parse_file_spec
+
+    try:
+        train = parse_file_list(cfg.train_file)
+        parse_file_spec(cfg.dev_file)
+        if cfg.calibration_file is not None:
+            parse_file_spec(cfg.calibration_file)
+    except ConfigError as exc:
+        yield str(exc)
+        return
+    if cfg.train_sha256 is not None and len(cfg.train_sha256.split(",")) != len(train):
+        yield (f"train_sha256 has {len(cfg.train_sha256.split(','))} checksums for "
+               f"{len(train)} training files")
 
 
 _SECRET_QUERY_KEYS = re.compile(

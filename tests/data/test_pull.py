@@ -493,13 +493,32 @@ def test_pull_dataset_fetches_both_splits(serve, cache) -> None:
                  cache_dir=str(cache))
     files = pull_dataset(cfg, progress=False)
     assert set(files) == {"train", "dev"}
-    assert files["train"].sha256 == TRAIN_SAMPLE_SHA256 and files["dev"].sha256 == DEV_SAMPLE_SHA256
+    assert [f.sha256 for f in files["train"]] == [TRAIN_SAMPLE_SHA256]
+    assert [f.sha256 for f in files["dev"]] == [DEV_SAMPLE_SHA256]
     assert sorted(g.path for g in server.gets) == [f"/squad/{DEV}", f"/squad/{TRAIN}"]
     again = pull_dataset(cfg, progress=False)
-    assert all(f.from_cache for f in again.values()) and len(server.seen) == 2
+    assert all(f.from_cache for f in sum(again.values(), [])) and len(server.seen) == 2
     assert list(pull_dataset(cfg, splits=("dev",), progress=False)) == ["dev"]
     with pytest.raises(ConfigError):
         pull_dataset(cfg, splits=("test",))
+
+
+def test_several_training_files_are_each_verified_and_fetched_once(serve, cache) -> None:
+    server = serve()
+    cfg = Config(source=server.url, train_file=f"{TRAIN},{DEV}[:3]", dev_file=f"{DEV}[3:]",
+                 train_sha256=f"{TRAIN_SAMPLE_SHA256},{DEV_SAMPLE_SHA256}",
+                 cache_dir=str(cache))
+    files = pull_dataset(cfg, progress=False)
+    assert [f.sha256 for f in files["train"]] == [TRAIN_SAMPLE_SHA256, DEV_SAMPLE_SHA256]
+    assert files["dev"][0].path == files["train"][1].path
+    assert sorted(g.path for g in server.gets) == [f"/squad/{DEV}", f"/squad/{TRAIN}"]
+    # each file has its own checksum: the second one wrong fails on that file
+    wrong = cfg.replace(train_sha256=f"{TRAIN_SAMPLE_SHA256},{'0' * 64}",
+                        cache_dir=str(cache / "other"))
+    with pytest.raises(ChecksumError, match=DEV):
+        pull_dataset(wrong, progress=False)
+    with pytest.raises(ConfigError, match="1 checksums for 2 training files"):
+        cfg.replace(train_sha256=TRAIN_SAMPLE_SHA256)
 
 
 def test_progress_bar_counts_bytes_on_a_terminal(serve, cache, capsys, monkeypatch) -> None:

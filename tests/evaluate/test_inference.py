@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,13 @@ import torch
 from squadft.config import Config
 from squadft.data.features import Features
 from squadft.data.squad import Example
+from squadft.evaluate.calibration import resolve_null_threshold
 from squadft.evaluate.inference import PADDING_LOGIT, predict_logits, resolve_precision
 
 from tests.evaluate.windows import build_windows
 from tests.helpers import make_tiny_model
+
+ZERO = resolve_null_threshold("auto", None)  # no calibration: 0
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +74,7 @@ def test_bf16_autocast_runs_close_to_fp32(small_set: tuple[list, Features]) -> N
 
 def _distributed_worker(rank: int, init_file: str, model_dir: str, features: Features,
                         examples: list[Example], out_dir: str) -> None:
-    from squadft.evaluate.report import evaluate_model
+    from squadft.evaluate.report import calibrate_model, evaluate_model
     from squadft.modeling import load_model
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
@@ -83,9 +87,13 @@ def _distributed_worker(rank: int, init_file: str, model_dir: str, features: Fea
         np.save(Path(out_dir) / f"start-{rank}.npy", start)
         np.save(Path(out_dir) / f"end-{rank}.npy", end)
         cfg = Config(eval_batch_size=8, precision="fp32")
-        metrics = evaluate_model(model, None, examples, features, cfg=cfg,
+        metrics = evaluate_model(model, examples, features, cfg=cfg, threshold=ZERO,
                                  output_dir=Path(out_dir) / "eval", device="cpu")
         (Path(out_dir) / f"metrics-{rank}.json").write_text(json.dumps(metrics))
+        calibration = calibrate_model(model, examples, features, cfg=cfg, device="cpu",
+                                      source="test")
+        (Path(out_dir) / f"calibration-{rank}.json").write_text(
+            json.dumps(dataclasses.asdict(calibration)))
         torch.distributed.barrier()  # as the CLI does: no teardown while a peer is mid-collective
     finally:
         torch.distributed.destroy_process_group()
@@ -96,7 +104,7 @@ def test_two_process_gloo_equals_single_process(
     small_set: tuple[list[Example], Features], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     import torch.multiprocessing as mp
-    from squadft.evaluate.report import evaluate_model
+    from squadft.evaluate.report import calibrate_model, evaluate_model
     from squadft.modeling import load_model
 
     examples, features = small_set
@@ -113,9 +121,17 @@ def test_two_process_gloo_equals_single_process(
     np.testing.assert_allclose(np.load(shared / "end-0.npy"), end, atol=1e-5)
     assert np.load(shared / "start-1.npy").shape == (0, start.shape[1])  # only rank 0 gathers
 
-    single = evaluate_model(model, None, examples, features,
-                            cfg=Config(eval_batch_size=8, precision="fp32"),
+    cfg = Config(eval_batch_size=8, precision="fp32")
+    single = evaluate_model(model, examples, features, cfg=cfg, threshold=ZERO,
                             output_dir=tmp_path / "single", device="cpu")
+    calibration = dataclasses.asdict(calibrate_model(model, examples, features, cfg=cfg,
+                                                     device="cpu", source="test"))
+    # every rank gets the threshold rank 0 tuned on the gathered logits
+    calibrated = [json.loads((shared / f"calibration-{r}.json").read_text()) for r in (0, 1)]
+    assert calibrated[0] == calibrated[1]
+    assert calibrated[0]["null_threshold"] == pytest.approx(calibration["null_threshold"],
+                                                            abs=1e-4)
+    assert calibrated[0]["scores"] == pytest.approx(calibration["scores"])
     ranks = [json.loads((shared / f"metrics-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1]  # every rank gets rank 0's metrics
     timing = {"inference_seconds", "postprocess_seconds"}

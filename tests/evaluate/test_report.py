@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from squadft.cli import app
 from squadft.errors import DataError
+from squadft.evaluate.calibration import SCORE_KEYS
 from squadft.evaluate.report import (
-    OFFICIAL_KEYS,
     gold_from_squad,
     read_questions_jsonl,
     score_files,
@@ -154,7 +154,12 @@ def test_evaluate_writes_official_formats(tiny_model_dir: Path, tmp_path: Path) 
         "--doc-stride", "48", "--batch-size", "32", "--precision", "fp32",
     ])
     assert result.exit_code == 0, result.output
-    assert "questions 60: EM" in result.stdout and "tuned on this data" in result.stdout
+    lines = result.stdout.splitlines()
+    # the first number shown is at a threshold fixed in advance, and says which one
+    assert lines[0].startswith("60 questions at null threshold 0, no calibrated threshold")
+    assert lines[1].startswith("always no answer: EM ")
+    assert lines[2].startswith("oracle (threshold tuned on these same questions): best_exact")
+    assert "has no squadft_inference.json" in result.stderr
 
     predictions = json.loads((out / "predictions.json").read_text())
     na_probs = json.loads((out / "na_probs.json").read_text())
@@ -167,13 +172,15 @@ def test_evaluate_writes_official_formats(tiny_model_dir: Path, tmp_path: Path) 
     assert set(entry[0]) == {"text", "probability", "start_logit", "end_logit", "score",
                              "answer_start"}
     assert sum(e["probability"] for e in entry) == pytest.approx(1.0)
-    for key in OFFICIAL_KEYS + ("best_exact", "best_f1", "best_exact_thresh", "best_f1_thresh"):
+    for key in SCORE_KEYS + ("best_exact", "best_f1", "best_exact_thresh", "best_f1_thresh"):
         assert key in metrics, key
-    for key in ("exact", "f1", "HasAns_exact", "NoAns_f1"):
-        assert f"raw_{key}" in metrics and f"tuned_{key}" in metrics
-    assert metrics["null_threshold_mode"] == "auto"
-    assert metrics["null_threshold"] == metrics["tuned_null_threshold"]
+    # tuned numbers appear only as the official best_* keys
+    assert not [key for key in metrics if key.startswith(("raw_", "tuned_"))]
+    assert metrics["null_threshold"] == 0.0 and metrics["null_threshold_kind"] == "default"
+    assert metrics["always_no_answer_f1"] == pytest.approx(100 * metrics["NoAns_total"] / 60)
     assert metrics["total"] == 60 and metrics["examples"] == 60
+    # predictions.json holds the answers at that threshold, not at the oracle's
+    assert all((predictions[q] == "") == (na_probs[q] > 0.5) for q in predictions)
 
     # Scoring the written files reproduces the written metrics (what evaluate-v2.0.py would do).
     # Only the 60 evaluated questions: the rest of the dev file would count as missing.
@@ -215,7 +222,8 @@ def test_predict_single_question(tiny_model_dir: Path) -> None:
     assert answered.exit_code == 0, answered.output
     record = json.loads(answered.stdout)
     assert set(record) == {"id", "answer", "best_span", "null_score_diff",
-                           "no_answer_probability"}
+                           "no_answer_probability", "null_threshold"}
+    assert record["null_threshold"] == 1e9
     assert record["answer"] and record["answer"] == record["best_span"]
     assert record["answer"] in CONTEXT
     refused = json.loads(runner.invoke(app, [*args, "--null-threshold", "-1e9"]).stdout)

@@ -37,6 +37,7 @@ import urllib3
 from tqdm import tqdm
 
 from squadft.config import Config, redact_url
+from squadft.data.selection import FileSpec, parse_file_list, parse_file_spec
 from squadft.errors import ChecksumError, ConfigError, DataError, DownloadError, StorageError
 from squadft.io import atomic_write_json, describe_os_error, fsync_dir, sha256_file
 
@@ -178,17 +179,29 @@ def fetch(
     return _fetch(opener, source, name, cache_dir, sha256=sha256, size=size, progress=progress)
 
 
+def split_files(cfg: Config) -> dict[str, list[tuple[FileSpec, str | None]]]:
+    """(file spec, expected sha256) per split: train (one or more files), dev, calibration."""
+    train = parse_file_list(cfg.train_file)
+    sums = [s.strip() for s in cfg.train_sha256.split(",")] if cfg.train_sha256 else []
+    files = {
+        "train": [(spec, sums[i] if sums else None) for i, spec in enumerate(train)],
+        "dev": [(parse_file_spec(cfg.dev_file), cfg.dev_sha256)],
+    }
+    if cfg.calibration_file is not None:
+        files["calibration"] = [(parse_file_spec(cfg.calibration_file), None)]
+    return files
+
+
 def pull_dataset(
     cfg: Config, splits: tuple[str, ...] = ("train", "dev"), *, progress: bool = True
-) -> dict[str, FetchedFile]:
-    """Fetch the configured train/dev files into cfg.cache_dir. Prints nothing but progress."""
-    wanted: dict[str, tuple[str, str | None]] = {
-        "train": (cfg.train_file, cfg.train_sha256),
-        "dev": (cfg.dev_file, cfg.dev_sha256),
-    }
-    unknown = [s for s in splits if s not in wanted]
+) -> dict[str, list[FetchedFile]]:
+    """Fetch the configured files of `splits` into cfg.cache_dir, each verified and cached on
+    its own (a file used by two splits is fetched once). Prints nothing but progress."""
+    wanted = split_files(cfg)
+    unknown = [s for s in splits if s not in {"train", "dev", "calibration"}]
     if unknown:
-        raise ConfigError(f"unknown split(s) {', '.join(unknown)} (known: train, dev)")
+        raise ConfigError(f"unknown split(s) {', '.join(unknown)} (known: train, dev, "
+                          "calibration)")
 
     opened: list[Source] = []
 
@@ -199,11 +212,16 @@ def pull_dataset(
             opened.append(open_source(cfg.source, cfg=cfg))
         return opened[0]
 
-    return {
-        split: _fetch(shared_source, cfg.source, wanted[split][0], cfg.cache_dir,
-                      sha256=wanted[split][1], size=None, progress=progress)
-        for split in splits
-    }
+    fetched: dict[str, FetchedFile] = {}
+
+    def one(name: str, sha256: str | None) -> FetchedFile:
+        if name not in fetched:
+            fetched[name] = _fetch(shared_source, cfg.source, name, cfg.cache_dir,
+                                   sha256=sha256, size=None, progress=progress)
+        return fetched[name]
+
+    return {split: [one(spec.name, sha256) for spec, sha256 in wanted[split]]
+            for split in splits if split in wanted}
 
 
 def cache_folder(cache_dir: str | Path, source: str) -> Path:

@@ -30,7 +30,7 @@ REPAIR_SHIFTS = (-1, 1, -2, 2)
 # Bump when parsing or answer repair changes what a file parses into: cached parses (and the
 # features built from them, whose cache key includes this) then miss.
 PARSER_VERSION = 1
-EXAMPLES_CACHE_FORMAT = "squadft-examples/1"
+EXAMPLES_CACHE_FORMAT = "squadft-examples/2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +51,7 @@ class Example:
     question: str
     answers: tuple[Answer, ...]  # empty exactly when is_impossible
     is_impossible: bool
+    article: int = 0  # index of the article in its file (for article slices and holdouts)
 
 
 @dataclass
@@ -138,7 +139,8 @@ def parse_squad(data: Any, source: str = "<memory>") -> tuple[list[Example], Par
                     raise DataError(f"{source}: {where}: duplicate question id "
                                     f"(first in {seen_ids[example_id]})")
                 seen_ids[example_id] = where_paragraph
-                example = _parse_question(qa, context, title, example_id, source, where, report)
+                example = _parse_question(qa, context, title, example_id, source, where, report,
+                                          article_number)
                 if "is_impossible" in qa or "plausible_answers" in qa:
                     saw_v2_marker = True
                 if example is not None:
@@ -154,7 +156,7 @@ def parse_squad(data: Any, source: str = "<memory>") -> tuple[list[Example], Par
 
 def _parse_question(
     qa: dict[str, Any], context: str, title: str, example_id: str, source: str, where: str,
-    report: ParseReport,
+    report: ParseReport, article: int,
 ) -> Example | None:
     raw_question = _field(qa, "question", str, source, where)
     # Some SQuAD questions carry long runs of leading spaces; they only waste question tokens.
@@ -171,7 +173,7 @@ def _parse_question(
     if is_impossible:
         # Never read `answers` or `plausible_answers` here: plausible answers are deliberate
         # distractors, and training on them teaches the model to answer the unanswerable.
-        return Example(example_id, title, context, question, (), True)
+        return Example(example_id, title, context, question, (), True, article)
 
     raw_answers = _field(qa, "answers", list, source, where)
     answers: list[Answer] = []
@@ -189,7 +191,7 @@ def _parse_question(
     if not answers:
         report.dropped_examples += 1
         return None
-    return Example(example_id, title, context, question, tuple(answers), False)
+    return Example(example_id, title, context, question, tuple(answers), False, article)
 
 
 def align_answer(
@@ -312,7 +314,7 @@ def _to_columns(examples: Sequence[Example]) -> dict[str, Any]:
     contexts: dict[str, int] = {}
     columns: dict[str, list[Any]] = {
         "id": [], "question": [], "title": [], "context": [], "impossible": [],
-        "answer_count": [], "answer_text": [], "answer_start": []}
+        "answer_count": [], "answer_text": [], "answer_start": [], "article": []}
     for example in examples:
         columns["id"].append(example.id)
         columns["question"].append(example.question)
@@ -320,6 +322,7 @@ def _to_columns(examples: Sequence[Example]) -> dict[str, Any]:
         columns["context"].append(contexts.setdefault(example.context, len(contexts)))
         columns["impossible"].append(int(example.is_impossible))
         columns["answer_count"].append(len(example.answers))
+        columns["article"].append(example.article)
         for answer in example.answers:
             columns["answer_text"].append(answer.text)
             columns["answer_start"].append(answer.start)
@@ -331,13 +334,13 @@ def _from_columns(columns: dict[str, Any]) -> list[Example]:
     texts, starts = columns["answer_text"], columns["answer_start"]
     examples = []
     position = 0
-    for example_id, question, title, context, impossible, count in zip(
+    for example_id, question, title, context, impossible, count, article in zip(
             columns["id"], columns["question"], columns["title"], columns["context"],
-            columns["impossible"], columns["answer_count"], strict=True):
+            columns["impossible"], columns["answer_count"], columns["article"], strict=True):
         answers = tuple(Answer(texts[i], starts[i]) for i in range(position, position + count))
         position += count
         examples.append(Example(example_id, titles[title], contexts[context], question,
-                                answers, bool(impossible)))
+                                answers, bool(impossible), article))
     return examples
 
 

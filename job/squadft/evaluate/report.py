@@ -3,14 +3,17 @@
 Files written by `evaluate_model` (atomically) into its output directory:
 
 - predictions.json        {id: answer text}, "" = no answer (official evaluate-v2.0.py format),
-                          at the null threshold in effect (tuned when null_threshold is "auto");
+                          at the null threshold in effect, which is fixed before the questions
+                          are seen (calibrated with the model, given, or 0);
 - na_probs.json           {id: sigmoid(null score - best span score)}: the official script's
                           --na-prob-file; a threshold p on it is the score threshold logit(p);
 - nbest_predictions.json  {id: [{text, probability, start_logit, end_logit, score,
                           answer_start}, ...]} best first, the null answer ("" / -1) included;
-- eval_results.json       the official keys for predictions.json + na_probs.json, plus
-                          raw_* (at the fixed threshold, 0.0 under "auto") and tuned_* (at the
-                          F1-maximising threshold found on this data: optimistic) variants.
+- eval_results.json       the official keys for predictions.json + na_probs.json: exact, f1,
+                          HasAns_*, NoAns_* at that threshold; best_exact/best_f1 (+ _thresh)
+                          are the official script's oracle, tuned on these same questions;
+                          plus null_threshold, null_threshold_kind/_source (how it was chosen)
+                          and always_no_answer_exact/_f1 (the baseline to beat).
 """
 
 from __future__ import annotations
@@ -24,22 +27,26 @@ from pathlib import Path
 from typing import Any
 
 from squadft.config import Config
+from squadft.data.selection import FileSpec, parse_file_spec, select_raw_articles
 from squadft.errors import ConfigError, DataError
+from squadft.evaluate.calibration import (
+    INFERENCE_FILE,
+    Calibration,
+    InferenceSettings,
+    NullThreshold,
+    calibrate,
+    resolve_null_threshold,
+)
 from squadft.evaluate.postprocess import (
     PostprocessResult,
     nbest_json_arrays,
     postprocess_predictions,
     sigmoid,
-    tune_null_threshold,
 )
 from squadft.evaluate.squad_metrics import check_predictions, evaluate_predictions
-from squadft.io import atomic_open, atomic_write_json, read_json_file
+from squadft.io import atomic_open, atomic_write_json, ensure_writable_dir, read_json_file
 
 V2_VERSIONS = frozenset({"v2.0", "2.0"})
-OFFICIAL_KEYS = (
-    "exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total",
-    "NoAns_exact", "NoAns_f1", "NoAns_total",
-)
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -82,8 +89,38 @@ def gold_from_squad(data: Any, source: str = "<memory>") -> GoldStandard:
     return GoldStandard(answers, version if isinstance(version, str) else None)
 
 
-def load_gold(path: str | Path) -> GoldStandard:
-    return gold_from_squad(read_json_file(path, "dataset"), str(path))
+def load_gold(path: str | Path, spec: FileSpec | None = None) -> GoldStandard:
+    """Gold answers of a SQuAD file, or of the articles `spec` slices out of it."""
+    data = read_json_file(path, "dataset")
+    if spec is not None:
+        data = select_raw_articles(data, spec)
+    return gold_from_squad(data, str(path) if spec is None or not spec.sliced
+                           else f"{path} {str(spec)[len(spec.name):]}")
+
+
+def gold_for_examples(gold: GoldStandard, examples: Sequence[Any], *, limited: bool,
+                      source: str) -> tuple[dict[str, list[str]], list[str]]:
+    """The raw file's answers for the evaluated questions, and warnings about questions the
+    parser changed or dropped (a dropped question still counts, as wrong, like the official
+    script would count it). `limited`: only the examples' questions are evaluated (a sample),
+    so questions beyond them are left out rather than counted."""
+    warnings = [message] if (message := gold.version_warning()) is not None else []
+    if limited:
+        kept = {example.id for example in examples}
+        answers = {qid: texts for qid, texts in gold.answers.items() if qid in kept}
+    else:
+        answers = dict(gold.answers)
+    parsed = {example.id: example for example in examples}
+    dropped = [qid for qid in answers if qid not in parsed]
+    if dropped:
+        warnings.append(f"{len(dropped)} questions of {source} could not be parsed (no answer "
+                        f"text found in the context, e.g. {dropped[0]}) and count as wrong")
+    changed = sum(1 for qid, texts in answers.items() if qid in parsed and sorted(texts) != sorted(
+        a.text for a in parsed[qid].answers))
+    if changed:
+        warnings.append(f"{changed} questions of {source} lost an answer the parser could not "
+                        "align; they are scored against every answer of the file")
+    return answers, warnings
 
 
 def gold_from_examples(examples: Iterable[Any]) -> dict[str, list[str]]:
@@ -184,45 +221,27 @@ def _json_safe(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 # --- evaluating a model -------------------------------------------------------------------------
 
-def parse_null_threshold(value: str | float) -> float | None:
-    """None for "auto" (tune on the data), else the fixed threshold."""
-    if isinstance(value, int | float):
-        return float(value)
-    if value.strip().lower() == "auto":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise ConfigError(f"null threshold must be 'auto' or a number (got {value!r})") from None
-
-
 def score_postprocessed(
     result: PostprocessResult,
     gold: Mapping[str, list[str]],
-    *,
-    null_threshold: str | float,
+    threshold: NullThreshold,
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """(metrics, predictions to write) for post-processed logits: raw, tuned and final scores."""
-    fixed = parse_null_threshold(null_threshold)
-    raw_threshold = 0.0 if fixed is None else fixed
-    na_probs = result.na_probs()
-    raw_predictions = result.predictions_at(raw_threshold)
-    raw = evaluate_predictions(gold, _only(raw_predictions, gold), None)
-    tuned = tune_null_threshold(result, gold)
-    final_threshold = tuned.null_threshold if fixed is None else raw_threshold
-    final_predictions = tuned.predictions if fixed is None else raw_predictions
+    """(metrics, predictions to write) at a threshold fixed before these questions were seen.
 
-    metrics: dict[str, Any] = dict(
-        evaluate_predictions(gold, _only(final_predictions, gold), _only(na_probs, gold))
-    )
-    metrics["null_threshold"] = final_threshold
-    metrics["null_threshold_mode"] = "auto" if fixed is None else "fixed"
-    metrics["no_answer_probability_threshold"] = sigmoid(final_threshold)
-    metrics["raw_null_threshold"] = raw_threshold
-    metrics.update({f"raw_{k}": raw[k] for k in OFFICIAL_KEYS if k in raw})
-    metrics["tuned_null_threshold"] = tuned.null_threshold
-    metrics.update({f"tuned_{k}": tuned.metrics[k] for k in OFFICIAL_KEYS if k in tuned.metrics})
-    return metrics, final_predictions
+    Each question's answer depends on its own scores and the threshold alone, never on which
+    other questions are evaluated. The official best_* keys (threshold tuned on `gold` itself)
+    come from na_probs, as evaluate-v2.0.py computes them: an oracle, labelled as such.
+    """
+    predictions = result.predictions_at(threshold.value)
+    metrics: dict[str, Any] = dict(evaluate_predictions(
+        gold, _only(predictions, gold), _only(result.na_probs(), gold)))
+    metrics["null_threshold"] = threshold.value
+    metrics["null_threshold_kind"] = threshold.kind
+    metrics["null_threshold_source"] = threshold.source
+    metrics["no_answer_probability_threshold"] = sigmoid(threshold.value)
+    share = 100.0 * sum(1 for answers in gold.values() if not answers) / len(gold)
+    metrics["always_no_answer_exact"] = metrics["always_no_answer_f1"] = share
+    return metrics, predictions
 
 
 def _only(values: Mapping[str, Any], gold: Mapping[str, Any]) -> dict[str, Any]:
@@ -237,83 +256,106 @@ def _distributed_rank() -> int:
     return 0
 
 
-def evaluate_model(
-    model: Any,
-    tokenizer: Any,
-    examples: Sequence[Any],
-    features: Any,
-    *,
-    cfg: Config,
-    output_dir: str | Path,
-    device: Any,
-    gold: Mapping[str, list[str]] | None = None,
-) -> dict[str, Any]:
-    """Logits -> predictions -> metrics; rank 0 writes the files into `output_dir`.
-
-    Call it on every rank when torch.distributed is initialised (each rank runs its share of
-    the windows); every rank returns the same metrics dict. `gold` defaults to the examples'
-    answers; pass `load_gold(...)`'s answers to score against the raw file like the official
-    script. cfg supplies eval_batch_size, precision, n_best, max_answer_length and
-    null_threshold. `tokenizer` is unused today and kept so callers need not change when
-    decoding needs it (e.g. for tokenizers without offsets).
-    """
+def _broadcast(value: Any) -> Any:
     import torch
 
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
+
+
+def decode(model: Any, examples: Sequence[Any], features: Any, *, cfg: Config, device: Any,
+           with_nbest: bool = True) -> tuple[PostprocessResult | None, dict[str, float]]:
+    """Logits of every window -> per-question spans and null scores (rank 0; None elsewhere).
+
+    Call it on every rank when torch.distributed is initialised: each rank runs its share of
+    the windows. cfg supplies eval_batch_size, precision, n_best and max_answer_length.
+    """
     from squadft.evaluate.inference import predict_logits
 
-    del tokenizer
     began = time.perf_counter()
     start_logits, end_logits = predict_logits(
         model, features, batch_size=cfg.eval_batch_size, device=device,
         precision=cfg.precision,
     )
-    inference_seconds = time.perf_counter() - began
-    metrics: dict[str, Any] | None = None
+    timings = {"inference_seconds": round(time.perf_counter() - began, 3)}
+    if _distributed_rank() != 0:
+        return None, timings
+    began = time.perf_counter()
+    result = postprocess_predictions(
+        examples, features, start_logits, end_logits, n_best=cfg.n_best,
+        max_answer_length=cfg.max_answer_length, with_nbest=with_nbest,
+    )
+    timings["postprocess_seconds"] = round(time.perf_counter() - began, 3)
+    return result, timings
+
+
+def evaluate_model(
+    model: Any,
+    examples: Sequence[Any],
+    features: Any,
+    *,
+    cfg: Config,
+    threshold: NullThreshold,
+    output_dir: str | Path,
+    device: Any,
+    gold: Mapping[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """Logits -> predictions -> metrics at `threshold`; rank 0 writes the files.
+
+    Every rank returns the same metrics dict. `gold` defaults to the examples' answers; pass
+    the raw file's answers (`gold_for_examples`) to score like the official script.
+    """
     if _distributed_rank() == 0:
-        began = time.perf_counter()
-        result = postprocess_predictions(
-            examples, features, start_logits, end_logits, n_best=cfg.n_best,
-            max_answer_length=cfg.max_answer_length,
-            null_threshold=parse_null_threshold(cfg.null_threshold) or 0.0,
-        )
-        postprocess_seconds = time.perf_counter() - began
+        # fail before inference, not after it, when the outputs cannot be written
+        ensure_writable_dir(output_dir)
+    result, timings = decode(model, examples, features, cfg=cfg, device=device)
+    metrics: dict[str, Any] | None = None
+    if result is not None:
         metrics, predictions = score_postprocessed(
-            result, gold if gold is not None else gold_from_examples(examples),
-            null_threshold=cfg.null_threshold,
-        )
-        metrics.update(
-            examples=len(examples), features=len(features),
-            inference_seconds=round(inference_seconds, 3),
-            postprocess_seconds=round(postprocess_seconds, 3),
-        )
+            result, gold if gold is not None else gold_from_examples(examples), threshold)
+        metrics.update(examples=len(examples), features=len(features), **timings)
         write_prediction_files(output_dir, predictions, result, metrics)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        box = [metrics]
-        torch.distributed.broadcast_object_list(box, src=0)
-        metrics = box[0]
+    metrics = _broadcast(metrics)
     assert metrics is not None
     return metrics
 
 
-def format_metrics(metrics: Mapping[str, Any]) -> str:
-    """A short human summary: final, raw and tuned EM/F1 with the HasAns/NoAns split."""
-    def line(label: str, prefix: str) -> str:
-        parts = [f"EM {metrics[prefix + 'exact']:.2f}", f"F1 {metrics[prefix + 'f1']:.2f}"]
-        for group in ("HasAns", "NoAns"):
-            if prefix + group + "_exact" in metrics:
-                parts.append(f"{group} EM {metrics[prefix + group + '_exact']:.2f} "
-                             f"F1 {metrics[prefix + group + '_f1']:.2f} "
-                             f"(n={metrics[prefix + group + '_total']})")
-        return f"{label}: " + ", ".join(parts)
+def calibrate_model(model: Any, examples: Sequence[Any], features: Any, *, cfg: Config,
+                    device: Any, source: str) -> Calibration:
+    """The F1-best null threshold on held-out questions (every rank gets the same)."""
+    result, _ = decode(model, examples, features, cfg=cfg, device=device, with_nbest=False)
+    calibration = None
+    if result is not None:
+        calibration = calibrate(result, gold_from_examples(examples), source=source)
+    return _broadcast(calibration)
 
-    lines = [line(f"questions {metrics['total']}", "")]
-    if "raw_exact" in metrics:
-        lines.append(line(f"raw (null threshold {metrics['raw_null_threshold']:g})", "raw_"))
-    if "tuned_exact" in metrics:
-        lines.append(line(f"tuned on this data (null threshold "
-                          f"{metrics['tuned_null_threshold']:.4g})", "tuned_"))
+
+def _score_line(label: str, metrics: Mapping[str, Any]) -> str:
+    parts = [f"EM {metrics['exact']:.2f}", f"F1 {metrics['f1']:.2f}"]
+    for group in ("HasAns", "NoAns"):
+        if group + "_exact" in metrics:
+            parts.append(f"{group} EM {metrics[group + '_exact']:.2f} "
+                         f"F1 {metrics[group + '_f1']:.2f} (n={metrics[group + '_total']})")
+    return f"{label}: " + ", ".join(parts)
+
+
+def format_metrics(metrics: Mapping[str, Any]) -> str:
+    """The scores at the threshold in effect (saying how it was chosen) first, then the
+    "always no answer" baseline and the official oracle best_* (tuned on these questions)."""
+    threshold = (f"null threshold {metrics['null_threshold']:.4g}, "
+                 f"{metrics['null_threshold_source']}")
+    lines = [_score_line(f"{metrics['total']} questions at {threshold}", metrics)]
+    if "always_no_answer_f1" in metrics:
+        lines.append(f"always no answer: EM {metrics['always_no_answer_exact']:.2f}, "
+                     f"F1 {metrics['always_no_answer_f1']:.2f}")
     if "best_f1" in metrics:
-        lines.append(f"best_exact {metrics['best_exact']:.2f}, best_f1 {metrics['best_f1']:.2f}")
+        lines.append(
+            f"oracle (threshold tuned on these same questions): best_exact "
+            f"{metrics['best_exact']:.2f}, best_f1 {metrics['best_f1']:.2f} (no-answer "
+            f"probability threshold {metrics['best_f1_thresh']:.4g})")
     return "\n".join(lines)
 
 
@@ -327,37 +369,48 @@ class EvaluationRun:
     is_main: bool  # False on ranks > 0 of a distributed run (they print nothing)
 
 
+def model_settings(model_dir: str | Path) -> InferenceSettings | None:
+    """The inference settings saved with a model (None for a model squadft did not train)."""
+    return InferenceSettings.load(model_dir)
+
+
 def run_evaluation(
-    cfg: Config, *, model_dir: str, data_path: str | Path, output_dir: str | Path
+    cfg: Config, *, model_dir: str, data_path: str, output_dir: str | Path,
+    settings: InferenceSettings | None = None,
 ) -> EvaluationRun:
-    """`squadft evaluate`: load a save_pretrained model, tokenize `data_path`, score, write.
+    """`squadft evaluate`: load a save_pretrained model, tokenize `data_path` (optionally
+    `path[A:B]`, a slice of its articles), score at the model's calibrated threshold unless
+    told otherwise, write the outputs.
 
     Runs distributed when launched with torchrun/srun (each rank its share of the windows).
     """
     from squadft.data.features import build_features
+    from squadft.data.selection import select_articles
     from squadft.data.squad import load_squad
     from squadft.modeling import load_model, load_tokenizer
     from squadft.train.distributed import barrier, cleanup, setup_distributed
 
-    gold = load_gold(data_path)
-    examples, _ = load_squad(data_path)
-    warnings = [message] if (message := gold.version_warning()) is not None else []
-    answers = gold.answers
-    if cfg.max_eval_samples is not None:
+    spec = parse_file_spec(data_path)
+    path = spec.name
+    threshold = resolve_null_threshold(
+        cfg.null_threshold, settings.calibration if settings is not None else None)
+    gold = load_gold(path, spec)
+    examples, report = load_squad(path)
+    examples = select_articles(examples, spec, report.articles)
+    limited = cfg.max_eval_samples is not None
+    if limited:
         examples = examples[:cfg.max_eval_samples]
-        kept = {example.id for example in examples}
-        answers = {qid: texts for qid, texts in answers.items() if qid in kept}
-    unparsed = len(answers) - sum(1 for example in examples if example.id in answers)
-    if unparsed and cfg.max_eval_samples is None:
-        warnings.append(f"{unparsed} questions of {data_path} could not be used (see the "
-                        "parse report) and count as wrong")
+    answers, warnings = gold_for_examples(gold, examples, limited=limited, source=data_path)
+    if settings is None:
+        warnings.append(f"{model_dir} has no {INFERENCE_FILE}: using the flags and defaults "
+                        f"(max_seq_length {cfg.max_seq_length}, doc_stride {cfg.doc_stride})")
     tokenizer = load_tokenizer(model_dir)
     features, _ = build_features(examples, tokenizer, max_seq_length=cfg.max_seq_length,
                                  doc_stride=cfg.doc_stride, max_query_length=cfg.max_query_length)
     ctx = setup_distributed()
     try:
         model = load_model(model_dir).to(ctx.device)
-        metrics = evaluate_model(model, tokenizer, examples, features, cfg=cfg,
+        metrics = evaluate_model(model, examples, features, cfg=cfg, threshold=threshold,
                                  output_dir=output_dir, device=ctx.device, gold=answers)
         barrier(ctx)  # nobody tears the group down while a peer is still in a collective
     finally:
@@ -417,11 +470,11 @@ def answer_questions(
     questions: Sequence[Question],
     *,
     cfg: Config,
-    null_threshold: float,
+    threshold: NullThreshold,
     device: Any,
 ) -> list[dict[str, Any]]:
-    """One {"id", "answer", "best_span", "null_score_diff", "no_answer_probability"} per question;
-    answer is "" when the model finds the question unanswerable at `null_threshold`."""
+    """One {"id", "answer", "best_span", "null_score_diff", "no_answer_probability",
+    "null_threshold"} per question; answer is "" when null_score_diff > the threshold."""
     from squadft.data.features import build_features
     from squadft.data.squad import Example
     from squadft.evaluate.inference import predict_logits
@@ -435,17 +488,18 @@ def answer_questions(
                                 precision=cfg.precision)
     result = postprocess_predictions(examples, features, start, end, n_best=cfg.n_best,
                                      max_answer_length=cfg.max_answer_length,
-                                     null_threshold=null_threshold, with_nbest=False)
+                                     null_threshold=threshold.value, with_nbest=False)
     answers = []
     for example, question in zip(examples, questions, strict=True):
         diff = result.null_score_diff[example.id]
         best = result.best_spans[example.id]
         answers.append({
             "id": question.id,
-            "answer": "" if diff > null_threshold else best,
+            "answer": "" if diff > threshold.value else best,
             "best_span": best,
             "null_score_diff": diff if math.isfinite(diff) else str(diff),
             "no_answer_probability": sigmoid(diff),
+            "null_threshold": threshold.value,
         })
     return answers
 
@@ -455,19 +509,22 @@ def run_prediction(
     *,
     model_dir: str,
     questions: Sequence[Question],
-    null_threshold: float,
+    settings: InferenceSettings | None = None,
     output_path: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """`squadft predict`: answers for `questions`; written as JSON lines to output_path if given."""
+    """`squadft predict`: answers for `questions` at the model's calibrated threshold unless
+    cfg.null_threshold says otherwise; written as JSON lines to output_path if given."""
     import torch
 
     from squadft.modeling import load_model, load_tokenizer
 
+    threshold = resolve_null_threshold(
+        cfg.null_threshold, settings.calibration if settings is not None else None)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir).to(device)
-    answers = answer_questions(model, tokenizer, questions, cfg=cfg,
-                               null_threshold=null_threshold, device=device)
+    answers = answer_questions(model, tokenizer, questions, cfg=cfg, threshold=threshold,
+                               device=device)
     if output_path is not None:
         with atomic_open(output_path, "wb") as handle:
             for answer in answers:

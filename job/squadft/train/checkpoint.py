@@ -280,6 +280,16 @@ def save_final(output_dir: str | os.PathLike[str], model: Any, tokenizer: Any, c
     return output_dir / "final"
 
 
+def add_to_final(final_dir: str | os.PathLike[str], name: str, content: Any, step: int) -> None:
+    """Write one more JSON file into final/ and rewrite its manifest (still written last)."""
+    final_dir = Path(final_dir)
+    try:
+        atomic_write_json(final_dir / name, content)
+        write_manifest(final_dir, step)
+    except OSError as exc:
+        raise StorageError(f"cannot write {final_dir / name}: {exc.strerror}") from None
+
+
 def rotate_checkpoints(
     output_dir: str | os.PathLike[str],
     keep: int,

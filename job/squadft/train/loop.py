@@ -396,9 +396,8 @@ def train_model(
     runtime = time.perf_counter() - start_time
     final_dir = None
     if is_main:
+        # not uploaded here: the pipeline adds the calibrated inference settings first
         final_dir = save_final(output_dir, model, tokenizer, cfg, state.step)
-        if on_checkpoint is not None:
-            on_checkpoint(final_dir)
     barrier(ctx)
     result = TrainResult(
         steps=state.step,
