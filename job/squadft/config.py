@@ -112,6 +112,12 @@ class Config:
     adam_epsilon: float = _opt(1e-8, "AdamW epsilon.", "train")
     warmup_ratio: float = _opt(0.1, "Fraction of steps with linear warmup.", "train")
     max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 disables).", "train")
+    answerability_loss_weight: float = _opt(
+        0.0,
+        "Weight of an extra loss that trains [CLS] score minus best span score to separate "
+        "unanswerable windows from answerable ones (0: off, the standard QA loss only).",
+        "train",
+    )
     epochs: float = _opt(2.0, "Training epochs.", "train")
     max_steps: int | None = _opt(None, "Optimizer steps; overrides --epochs.", "train")
     precision: str = _opt(
@@ -344,7 +350,7 @@ def _validate(cfg: Config) -> typing.Iterator[str]:
         if getattr(cfg, name) <= 0:
             yield f"{name} must be > 0 (got {getattr(cfg, name)})"
     non_negative = ("doc_stride", "weight_decay", "warmup_ratio", "max_grad_norm", "num_workers",
-                    "save_steps", "save_total_limit", "adam_epsilon")
+                    "save_steps", "save_total_limit", "adam_epsilon", "answerability_loss_weight")
     for name in non_negative:
         if getattr(cfg, name) < 0:
             yield f"{name} must be >= 0 (got {getattr(cfg, name)})"

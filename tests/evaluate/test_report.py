@@ -273,3 +273,28 @@ def test_read_questions_jsonl_errors(tmp_path: Path) -> None:
         read_questions_jsonl(path)
     path.write_text(json.dumps({"question": "Q?", "context": "C"}) + "\n")
     assert read_questions_jsonl(path)[0].id == "line-1"
+
+
+def test_predict_defaults_to_the_models_calibrated_threshold(tiny_model_dir: Path,
+                                                             tmp_path: Path) -> None:
+    import shutil
+
+    from squadft.config import Config
+    from squadft.evaluate.calibration import Calibration, InferenceSettings
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    refuse_all = Calibration(null_threshold=-1e9, source="test", questions=2, unanswerable=1,
+                             scores={"exact": 50.0, "f1": 50.0, "total": 2}, f1_at_zero=50.0,
+                             always_no_answer_f1=50.0)
+    cfg = Config(max_seq_length=64, doc_stride=16)
+    InferenceSettings.from_config(cfg, refuse_all).save(model)
+    args = ["predict", "--model", str(model), "--question", "Who gave their name?",
+            "--context", CONTEXT]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["null_threshold"] == -1e9 and record["answer"] == ""
+    assert record["best_span"] in CONTEXT and record["best_span"]
+    given = json.loads(runner.invoke(app, [*args, "--null-threshold", "1e9"]).stdout)
+    assert given["answer"] == record["best_span"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,31 @@ def test_out_of_memory_keeps_the_last_step_and_suggests_smaller_batches(
     out = Path(cfg.output_dir)
     assert verify_manifest(out / "checkpoint-3")
     assert not (out / "final").exists()
+
+
+def test_answerability_loss_adds_a_cross_entropy_on_the_null_score_difference() -> None:
+    import torch
+    from squadft.train.loop import qa_loss
+
+    from tests.helpers import make_tiny_model
+
+    model = make_tiny_model()
+    torch.manual_seed(0)
+    batch = {
+        "input_ids": torch.randint(1000, 2000, (3, 12)),
+        "attention_mask": torch.tensor([[1] * 12, [1] * 9 + [0] * 3, [1] * 7 + [0] * 5]),
+        "start_positions": torch.tensor([0, 4, 0]),  # windows 0 and 2 are unanswerable
+        "end_positions": torch.tensor([0, 6, 0]),
+    }
+    with torch.no_grad():
+        plain = qa_loss(model, batch)
+        assert qa_loss(model, batch, 0.0) == plain
+        weighted = qa_loss(model, batch, 0.5)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    diffs, targets = [], [1.0, 0.0, 1.0]
+    for row, length in enumerate((12, 9, 7)):
+        start, end = out.start_logits[row, :length], out.end_logits[row, :length]
+        diffs.append(float(start[0] + end[0] - start[1:].max() - end[1:].max()))
+    expected = sum(math.log1p(math.exp(-d)) if t else math.log1p(math.exp(d))
+                   for d, t in zip(diffs, targets, strict=True)) / 3
+    assert float(weighted) == pytest.approx(float(plain) + 0.5 * expected, rel=1e-5)

@@ -99,22 +99,38 @@ def takes_token_types(model: torch.nn.Module) -> bool:
     return "token_type_ids" in inspect.signature(model.forward).parameters
 
 
-def qa_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def qa_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+            answerability_weight: float = 0.0) -> torch.Tensor:
     """Mean of the start and end cross-entropies over the real tokens of each window.
 
     Unlike the models' built-in loss, padding positions are excluded from the softmax: with
     dynamic padding their number depends on the other windows in the batch, so including
     them would make a window's loss depend on how batches were formed (DDP vs one process).
+
+    answerability_weight > 0 adds a binary cross-entropy on the very quantity the no-answer
+    decision thresholds: [CLS] start + end logit minus the best start + best end logit
+    elsewhere in the window, with target 1 for windows labelled at [CLS] (position 0). The
+    model stays a plain QA model; only its training signal for abstaining is stronger.
     """
     labels = ("start_positions", "end_positions")
     outputs = model(**{k: v for k, v in batch.items() if k not in labels})
     padding = batch["attention_mask"] == 0
     losses = []
+    masked = []
     for logits, positions in ((outputs.start_logits, batch["start_positions"]),
                               (outputs.end_logits, batch["end_positions"])):
         logits = logits.float().masked_fill(padding, torch.finfo(torch.float32).min)
+        masked.append(logits)
         losses.append(torch.nn.functional.cross_entropy(logits, positions))
-    return (losses[0] + losses[1]) / 2
+    loss = (losses[0] + losses[1]) / 2
+    if answerability_weight > 0:
+        start, end = masked
+        null_score = start[:, 0] + end[:, 0]
+        best_span = start[:, 1:].max(dim=1).values + end[:, 1:].max(dim=1).values
+        unanswerable = (batch["start_positions"] == 0).float()
+        loss = loss + answerability_weight * torch.nn.functional.binary_cross_entropy_with_logits(
+            null_score - best_span, unanswerable)
+    return loss
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> Any:
@@ -200,6 +216,9 @@ def train_model(
     output_dir = Path(cfg.output_dir)
     if ctx.is_main:
         ensure_writable_dir(output_dir)
+    if cfg.answerability_loss_weight > 0 and bool((features.cls_index != 0).any()):
+        raise ConfigError("--answerability-loss-weight needs a tokenizer that puts [CLS] "
+                          "first (BERT, DistilBERT, RoBERTa...); this one does not")
     device = ctx.device
     precision = resolve_precision(cfg.precision, device)
     if device.type == "cuda":
@@ -328,7 +347,8 @@ def train_model(
                         else forward_model.no_sync()
                     with sync:
                         with autocast(precision, device):
-                            loss = qa_loss(forward_model, batch) / accum
+                            loss = qa_loss(forward_model, batch,
+                                           cfg.answerability_loss_weight) / accum
                         scaler.scale(loss).backward()
                     step_loss += loss.detach()
                 scaler.unscale_(optimizer)
