@@ -68,10 +68,14 @@ def pull(cfg: Config, *, splits: tuple[str, ...] = ("train", "dev"),
     """Fetch the configured files into the cache; one summary line per file."""
     fetched = pull_dataset(cfg, splits, progress=verbose)
     if verbose:
+        shown = set()
         for split, items in fetched.items():
             for item in items:
-                how = "cached" if item.from_cache else "downloaded"
-                say(f"{split}: {item.path} ({item.size:,} bytes, sha256 {item.sha256}, {how})")
+                if item.path not in shown:  # a file used twice (two slices) was fetched once
+                    shown.add(item.path)
+                    how = "cached" if item.from_cache else "downloaded"
+                    say(f"{split}: {item.path} ({item.size:,} bytes, sha256 {item.sha256}, "
+                        f"{how})")
     return fetched
 
 
@@ -126,8 +130,8 @@ def _select_training(cfg: Config, parts: list[_Loaded], calibration_part: _Loade
                                       [e for e in part.examples if e.article not in chosen],
                                       part.report))
             held.extend(e for e in part.examples if e.article in chosen)
-            titles.extend(sorted({f"{part.spec.name}#{e.article}" for e in part.examples
-                                  if e.article in chosen}))
+            named = {e.article: e.title for e in part.examples if e.article in chosen}
+            titles.extend(f"{part.spec.name}#{i} {named[i]}" for i in sorted(named))
         parts = kept_parts
         if held:
             calibration = held
