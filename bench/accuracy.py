@@ -52,7 +52,7 @@ from typing import Any
 import _benchlib as lib
 import numpy as np
 from postprocess import MAX_ANSWER_LENGTH, N_BEST, utils_qa_postprocess
-from prepare import RUN_QA_BATCH, run_qa_prepare_train_features
+from prepare import RUN_QA_BATCH, run_qa_prepare_train_features, run_qa_tokenize
 
 PRESET = "minilm-cpu"
 WARMUP_RATIO = 0.1
@@ -182,17 +182,7 @@ def train_windows(questions: list[Question], tokenizer: Any) -> dict[str, np.nda
 def run_qa_prepare_validation_features(batch: dict[str, list[Any]], tokenizer: Any,
                                        max_seq_length: int, doc_stride: int) -> Any:
     """run_qa.py's prepare_validation_features: example_id per window, offsets None off-context."""
-    questions = [q.lstrip() for q in batch["question"]]
-    tokenized = tokenizer(
-        questions,
-        batch["context"],
-        truncation="only_second",
-        max_length=max_seq_length,
-        stride=doc_stride,
-        return_overflowing_tokens=True,
-        return_offsets_mapping=True,
-        padding="max_length",
-    )
+    tokenized = run_qa_tokenize(batch, tokenizer, max_seq_length, doc_stride)
     sample_mapping = tokenized.pop("overflow_to_sample_mapping")
     tokenized["example_id"] = []
     for i in range(len(tokenized["input_ids"])):

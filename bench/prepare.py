@@ -36,11 +36,11 @@ from squadft.io import sha256_file
 RUN_QA_BATCH = 1000  # datasets.map(batched=True) default batch size
 
 
-def run_qa_prepare_train_features(batch: dict[str, list[Any]], tokenizer: Any,
-                                  max_seq_length: int, doc_stride: int) -> dict[str, list[Any]]:
-    """run_qa.py's prepare_train_features (question first, pad to max_length), one batch."""
+def run_qa_tokenize(batch: dict[str, list[Any]], tokenizer: Any, max_seq_length: int,
+                    doc_stride: int) -> Any:
+    """The tokenizer call run_qa makes for training and validation windows alike."""
     questions = [q.lstrip() for q in batch["question"]]
-    tokenized = tokenizer(
+    return tokenizer(
         questions,
         batch["context"],
         truncation="only_second",
@@ -50,6 +50,12 @@ def run_qa_prepare_train_features(batch: dict[str, list[Any]], tokenizer: Any,
         return_offsets_mapping=True,
         padding="max_length",
     )
+
+
+def run_qa_prepare_train_features(batch: dict[str, list[Any]], tokenizer: Any,
+                                  max_seq_length: int, doc_stride: int) -> dict[str, list[Any]]:
+    """run_qa.py's prepare_train_features (question first, pad to max_length), one batch."""
+    tokenized = run_qa_tokenize(batch, tokenizer, max_seq_length, doc_stride)
     sample_mapping = tokenized.pop("overflow_to_sample_mapping")
     offset_mapping = tokenized.pop("offset_mapping")
     tokenized["start_positions"] = []
