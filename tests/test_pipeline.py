@@ -130,13 +130,19 @@ def test_several_training_files_train_on_their_union(
     (["--doc-stride", "128", "--max-seq-length", "128"], 2, "doc_stride (128) must be <"),
     (["--precision", "fp8"], 2, "precision must be one of"),
     (["--model", "no-such-org/no-such-model"], 6, "pass a local save_pretrained directory"),
+    # the tiny model has 512 positions: caught before any data is pulled, not at the first
+    # long batch hours into training
+    (["--max-seq-length", "1024", "--doc-stride", "128"], 2,
+     "max_seq_length 1024 is longer than"),
+    (["--max-seq-length", "64", "--doc-stride", "61"], 2, "leaves no room for a question"),
 ])
 def test_bad_input_is_one_line_and_an_exit_code(settings: dict, flags: list[str], code: int,
-                                                message: str) -> None:
+                                                message: str, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", *cli_flags(settings), *flags])
     assert result.exit_code == code, result.output
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "cache" / "downloads").exists()  # failed before pulling anything
 
 
 def test_unwritable_output_dir_fails_before_any_work(settings: dict, tmp_path: Path) -> None:

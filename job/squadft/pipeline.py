@@ -246,7 +246,7 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
     no-answer threshold on held-out questions, evaluate on the dev data."""
     from transformers.utils import logging as transformers_logging
 
-    from squadft.modeling import load_model, load_tokenizer
+    from squadft.modeling import check_window, load_model, load_tokenizer
     from squadft.train.checkpoint import seed_everything
     from squadft.train.distributed import barrier, cleanup, setup_distributed
     from squadft.train.loop import train_model
@@ -269,6 +269,8 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
             on_checkpoint = uploader
             remote_finder = remote_finder or s3_remote_finder(cfg)
         tokenizer = load_tokenizer(cfg.model)
+        check_window(cfg.model, tokenizer, max_seq_length=cfg.max_seq_length,
+                     doc_stride=cfg.doc_stride, max_query_length=cfg.max_query_length)
         splits = ("train", "dev") if cfg.do_eval else ("train",)
         # rank 0 downloads and tokenizes; the others then find everything in the cache
         # (or, without a shared filesystem, build their own copy)

@@ -209,7 +209,21 @@ def test_evaluate_rejects_a_bad_null_threshold(tiny_model_dir: Path) -> None:
     assert result.exit_code == 2 and "null_threshold must be 'auto' or a number" in result.stderr
 
 
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_windows_longer_than_the_model_fail_at_start(tiny_model_dir: Path, tmp_path: Path,
+                                                     command: str) -> None:
+    data = (["--data", str(DEV_SAMPLE), "--output-dir", str(tmp_path / "out")]
+            if command == "evaluate" else ["--question", "Who?", "--context", CONTEXT])
+    result = runner.invoke(app, [command, "--model", str(tiny_model_dir), *data,
+                                 "--max-seq-length", "1024"])
+    assert result.exit_code == 2, result.output
+    assert "max_seq_length 1024 is longer than" in result.stderr
+    assert "(512 positions)" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 # --- predict ----------------------------------------------------------------------------------
+
 
 CONTEXT = ("The Normans were the people who in the 10th and 11th centuries gave their name to "
            "Normandy, a region in France.")

@@ -387,7 +387,7 @@ def run_evaluation(
     from squadft.data.features import build_features
     from squadft.data.selection import select_articles
     from squadft.data.squad import load_squad
-    from squadft.modeling import load_model, load_tokenizer
+    from squadft.modeling import check_window, load_model, load_tokenizer
     from squadft.train.distributed import barrier, cleanup, setup_distributed
 
     spec = parse_file_spec(data_path)
@@ -405,6 +405,8 @@ def run_evaluation(
         warnings.append(f"{model_dir} has no {INFERENCE_FILE}: using the flags and defaults "
                         f"(max_seq_length {cfg.max_seq_length}, doc_stride {cfg.doc_stride})")
     tokenizer = load_tokenizer(model_dir)
+    check_window(model_dir, tokenizer, max_seq_length=cfg.max_seq_length,
+                 doc_stride=cfg.doc_stride, max_query_length=cfg.max_query_length)
     features, _ = build_features(examples, tokenizer, max_seq_length=cfg.max_seq_length,
                                  doc_stride=cfg.doc_stride, max_query_length=cfg.max_query_length)
     ctx = setup_distributed()
@@ -516,12 +518,14 @@ def run_prediction(
     cfg.null_threshold says otherwise; written as JSON lines to output_path if given."""
     import torch
 
-    from squadft.modeling import load_model, load_tokenizer
+    from squadft.modeling import check_window, load_model, load_tokenizer
 
     threshold = resolve_null_threshold(
         cfg.null_threshold, settings.calibration if settings is not None else None)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(model_dir)
+    check_window(model_dir, tokenizer, max_seq_length=cfg.max_seq_length,
+                 doc_stride=cfg.doc_stride, max_query_length=cfg.max_query_length)
     model = load_model(model_dir).to(device)
     answers = answer_questions(model, tokenizer, questions, cfg=cfg, threshold=threshold,
                                device=device)
