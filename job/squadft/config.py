@@ -337,6 +337,40 @@ def preset_values(name: str) -> dict[str, Any]:
             "save_steps": 0}
 
 
+# Settings that change what a resumed run computes; changing them between an interruption and
+# its resume is allowed (a deliberate schedule change, a smaller batch on a smaller node) but
+# said aloud.
+RESUME_SENSITIVE = ("train_file", "max_train_samples", "calibration_fraction", "seed",
+                    "max_seq_length", "doc_stride", "max_query_length", "batch_size",
+                    "grad_accum_steps", "learning_rate", "weight_decay", "warmup_ratio",
+                    "adam_epsilon", "max_grad_norm", "epochs", "max_steps", "precision",
+                    "answerability_loss_weight")
+
+
+def same_model(a: str, b: str) -> bool:
+    """Two --model values name the same model (a hub name, or one local directory however
+    it is spelt)."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def resume_differences(saved: Mapping[str, Any], cfg: Config, where: str) -> list[str]:
+    """Compare the config saved with a checkpoint (`where`) to this run's. Another model is a
+    ConfigError (its weights cannot be loaded into this one); changed training settings are
+    returned as 'name: old -> new' for a warning."""
+    old_model = saved.get("model")
+    if isinstance(old_model, str) and not same_model(old_model, cfg.model):
+        raise ConfigError(
+            f"{where} was trained from model {old_model}, but this run uses --model "
+            f"{cfg.model}; resume with the same --model, or start fresh with another "
+            "--output-dir (or --resume never)")
+    current = cfg.to_dict(redact=True)
+    return [f"{key}: {saved[key]!r} -> {current[key]!r}" for key in RESUME_SENSITIVE
+            if key in saved and key in current and saved[key] != current[key]]
+
+
 def _validate(cfg: Config) -> typing.Iterator[str]:
     for f in fields(cfg):
         choices = f.metadata.get("choices")

@@ -90,6 +90,38 @@ def test_resume_skips_incomplete_and_corrupt_checkpoints(
     assert verify_manifest(out / "checkpoint-6") and verify_manifest(out / "checkpoint-4")
 
 
+def test_resume_with_another_model_is_refused_and_changed_settings_are_listed(
+    tiny_settings: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from squadft.cli import app
+    from typer.testing import CliRunner
+
+    from tests.train.common import cli_flags
+
+    settings = tiny_settings(max_steps=2, save_steps=2)
+    pipeline.train(Config(**settings))
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_model_dir, other)
+    result = CliRunner().invoke(app, ["train", *cli_flags({**settings, "model": str(other),
+                                                           "max_steps": 3})])
+    assert result.exit_code == 2, result.output
+    assert f"trained from model {tiny_model_dir}" in result.stderr
+    assert f"this run uses --model {other}" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (Path(settings["output_dir"]) / "checkpoint-3").exists()
+
+    # the same model spelt another way resumes; changed hyper-parameters are named
+    spelt = str(tiny_model_dir) + "/."
+    result = CliRunner().invoke(app, ["train", *cli_flags(
+        {**settings, "model": spelt, "max_steps": 3, "learning_rate": 5e-4})])
+    assert result.exit_code == 0, result.output
+    warning = next(line for line in result.stderr.splitlines() if "changed settings" in line)
+    assert "learning_rate: 0.001 -> 0.0005" in warning and "max_steps: 2 -> 3" in warning
+    assert "batch_size" not in warning
+
+
 def test_unknown_model_and_unwritable_output(tiny_settings: Any, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="pass a local save_pretrained directory"):
         pipeline.train(Config(**tiny_settings(model="no-such-org/no-such-model")))

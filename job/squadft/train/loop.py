@@ -198,6 +198,20 @@ def _restart_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
+def _check_resume_config(path: Path, cfg: Config) -> None:
+    """Refuse a checkpoint of another model (exit 2), warn about changed training settings."""
+    from squadft.config import resume_differences
+
+    try:
+        saved = json.loads((path / "squadft_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # an older checkpoint without its config: nothing to compare
+    if isinstance(saved, dict):
+        changed = resume_differences(saved, cfg, f"checkpoint {path}")
+        if changed:
+            warn(f"resuming {path} with changed settings: {'; '.join(changed)}")
+
+
 def train_model(
     cfg: Config,
     model: torch.nn.Module,
@@ -256,8 +270,14 @@ def train_model(
         try:
             path = resolve_resume(cfg.resume, output_dir, remote_finder)
             if path is not None:
+                _check_resume_config(Path(path), cfg)
                 loaded = load_checkpoint(path)
-                model.load_state_dict(loaded.model_state)  # DDP broadcasts it to the others
+                try:
+                    model.load_state_dict(loaded.model_state)  # DDP broadcasts it to the others
+                except RuntimeError as exc:
+                    first = str(exc).strip().splitlines()[0]
+                    raise ConfigError(f"{path} does not fit model {cfg.model} ({first}); "
+                                      "resume with the model it was trained from") from None
                 payload = {"path": str(path), "optimizer": loaded.optimizer,
                            "scheduler": loaded.scheduler, "scaler": loaded.scaler,
                            "state": loaded.state.to_dict(), "rng": loaded.rng_states}
