@@ -134,7 +134,7 @@ def read_json_file(path: str | os.PathLike[str], what: str = "") -> Any:
     if not raw.strip():
         raise DataError(f"{name}: the file is empty")
     try:
-        return json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8-sig"))  # a BOM (Windows editors) is not content
     except UnicodeDecodeError as exc:
         raise DataError(f"{name}: not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:

@@ -144,6 +144,29 @@ def test_load_plain_and_gzip_by_magic_bytes(tmp_path: Path):
     assert load_squad(plain)[0] == from_gzip == load_squad(misnamed)[0]
 
 
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path: Path):
+    with_bom = tmp_path / "dev-bom.json"  # as Windows editors save it
+    with_bom.write_bytes(b"\xef\xbb\xbf" + gzip.decompress(DEV_SAMPLE.read_bytes()))
+    examples, report = load_squad(with_bom)
+    assert examples == load_squad(DEV_SAMPLE)[0] and report.examples == 4449
+
+
+def test_impossible_with_answers_is_answerable_and_reported(train_json: dict[str, Any]):
+    """Training goes by `answers`, like the official scorer and HF's squad_v2 loader."""
+    data = _one_article(train_json)
+    qa = data["data"][0]["paragraphs"][0]["qas"][0]
+    assert qa["answers"] and not qa["is_impossible"]
+    qa["is_impossible"] = True  # contradicts its own answers
+    examples, report = parse_squad(data, source="mixed.json")
+    example = _by_id(examples)[qa["id"]]
+    assert not example.is_impossible and example.answers[0].text == qa["answers"][0]["text"]
+    assert report.contradictory == 1
+    assert "1 questions marked is_impossible carry answers" in report.summary()
+    untouched, clean = parse_squad(_one_article(train_json), source="clean.json")
+    assert clean.contradictory == 0 and "is_impossible" not in clean.summary()
+    assert len(untouched) == len(examples)
+
+
 def test_truncated_json_names_file_line_and_column(tmp_path: Path):
     text = gzip.decompress(TRAIN_SAMPLE.read_bytes()).decode("utf-8")
     text = json.dumps(json.loads(text), indent=1)[: 200_000]  # cut mid-file, multi-line JSON

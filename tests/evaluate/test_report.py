@@ -123,6 +123,70 @@ def test_score_rejects_bad_na_probs(dev_json: dict[str, Any], tmp_path: Path) ->
     assert result.exit_code == 3 and "na_probs has no value for 4444" in result.stderr
 
 
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
+def test_score_rejects_non_finite_na_probs(dev_json: dict[str, Any], tmp_path: Path,
+                                           bad: str) -> None:
+    answers = _first_answers(dev_json)
+    predictions = _write(tmp_path / "p.json", answers)
+    qid = next(iter(answers))
+    text = json.dumps(dict.fromkeys(answers, 0.5)).replace(f'"{qid}": 0.5', f'"{qid}": {bad}')
+    na_probs = tmp_path / "na.json"
+    na_probs.write_text(text)
+    result = runner.invoke(app, ["score", str(predictions), "--data", str(DEV_SAMPLE),
+                                 "--na-probs", str(na_probs)])
+    assert result.exit_code == 3, result.output
+    assert f"value for {qid} is" in result.stderr and result.stdout == ""
+    nan_flag = runner.invoke(app, ["score", str(predictions), "--data", str(DEV_SAMPLE),
+                                   "--na-prob-thresh", "nan"])
+    assert nan_flag.exit_code == 2 and "not NaN" in nan_flag.stderr
+
+
+def test_score_accepts_byte_order_marks(dev_json: dict[str, Any], tmp_path: Path) -> None:
+    answers = _first_answers(dev_json)
+    bom = b"\xef\xbb\xbf"
+    predictions = tmp_path / "p.json"
+    predictions.write_bytes(bom + json.dumps(answers).encode())
+    na_probs = tmp_path / "na.json"
+    na_probs.write_bytes(bom + json.dumps(dict.fromkeys(answers, 0.0)).encode())
+    data = tmp_path / "dev.json"
+    data.write_bytes(bom + gzip.decompress(DEV_SAMPLE.read_bytes()))
+    result = runner.invoke(app, ["score", str(predictions), "--data", str(data),
+                                 "--na-probs", str(na_probs)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["exact"] == 100.0
+
+
+def test_score_rejects_duplicate_ids_like_prepare(dev_json: dict[str, Any], tmp_path: Path
+                                                  ) -> None:
+    data = json.loads(json.dumps(dev_json))
+    qas = data["data"][0]["paragraphs"][0]["qas"]
+    qas.append({**qas[0], "answers": [{"text": "something else", "answer_start": 0}]})
+    path = _write(tmp_path / "dup.json", data)
+    predictions = _write(tmp_path / "p.json", _first_answers(dev_json))
+    result = runner.invoke(app, ["score", str(predictions), "--data", str(path)])
+    assert result.exit_code == 3 and f"duplicate question id '{qas[0]['id']}'" in result.stderr
+    with pytest.raises(DataError, match="duplicate question id"):
+        from squadft.data.squad import load_squad
+
+        load_squad(path)
+
+
+def test_score_reports_is_impossible_with_answers(dev_json: dict[str, Any],
+                                                  tmp_path: Path) -> None:
+    data = json.loads(json.dumps(dev_json))
+    qa = next(q for q in data["data"][0]["paragraphs"][0]["qas"] if q["answers"])
+    qa["is_impossible"] = True
+    path = _write(tmp_path / "mixed.json", data)
+    answers = _first_answers(dev_json)
+    result = runner.invoke(app, ["score", str(_write(tmp_path / "p.json", answers)),
+                                 "--data", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "1 questions are marked is_impossible but carry answers" in result.stderr
+    # scored as answerable: its (correct) answer counts, so the total stays perfect
+    metrics = json.loads(result.stdout)
+    assert metrics["exact"] == 100.0 and metrics["HasAns_total"] == 4449 - 2342
+
+
 def test_gold_is_read_like_the_official_script(dev_json: dict[str, Any]) -> None:
     gold = gold_from_squad(dev_json)
     assert len(gold.answers) == 4449 and gold.version == "v2.0"
@@ -287,6 +351,9 @@ def test_read_questions_jsonl_errors(tmp_path: Path) -> None:
         read_questions_jsonl(path)
     path.write_text(json.dumps({"question": "Q?", "context": "C"}) + "\n")
     assert read_questions_jsonl(path)[0].id == "line-1"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "a", "question": "Q?",
+                                                    "context": "C"}).encode() + b"\n")
+    assert read_questions_jsonl(path)[0].id == "a"  # a BOM before the first record is fine
 
 
 def test_predict_defaults_to_the_models_calibrated_threshold(tiny_model_dir: Path,

@@ -29,7 +29,7 @@ V2_VERSIONS = frozenset({"2.0", "v2.0"})
 REPAIR_SHIFTS = (-1, 1, -2, 2)
 # Bump when parsing or answer repair changes what a file parses into: cached parses (and the
 # features built from them, whose cache key includes this) then miss.
-PARSER_VERSION = 1
+PARSER_VERSION = 2  # 2: is_impossible questions that carry answers count as answerable
 EXAMPLES_CACHE_FORMAT = "squadft-examples/2"
 
 
@@ -70,6 +70,7 @@ class ParseReport:
     dropped_answers: int = 0  # answer text not in the context at all
     dropped_examples: int = 0  # answerable questions left without any answer
     stripped_questions: int = 0  # questions that had leading/trailing whitespace
+    contradictory: int = 0  # is_impossible: true, yet non-empty answers (answers decide)
 
     def summary(self) -> str:
         kind = "SQuAD 2.0" if self.is_v2 else "SQuAD 1.x"
@@ -80,6 +81,9 @@ class ParseReport:
             f"{self.repaired} repaired ({self.repaired_shift} shifted, "
             f"{self.repaired_search} re-found), {self.dropped_answers} answers dropped, "
             f"{self.dropped_examples} examples dropped"
+            + (f"; {self.contradictory} questions marked is_impossible carry answers and count "
+               "as answerable (the answers decide, as in the official scorer)"
+               if self.contradictory else "")
         )
 
 
@@ -171,9 +175,13 @@ def _parse_question(
             f"{source}: {where}: 'is_impossible' must be true or false, got {_kind(is_impossible)}"
         )
     if is_impossible:
-        # Never read `answers` or `plausible_answers` here: plausible answers are deliberate
-        # distractors, and training on them teaches the model to answer the unanswerable.
-        return Example(example_id, title, context, question, (), True, article)
+        if not qa.get("answers"):
+            # Never read `plausible_answers`: they are deliberate distractors, and training on
+            # them teaches the model to answer the unanswerable.
+            return Example(example_id, title, context, question, (), True, article)
+        # A contradiction: the official scorer (and Hugging Face's squad_v2 loader) go by
+        # `answers`, so training does too, and the parse report says so.
+        report.contradictory += 1
 
     raw_answers = _field(qa, "answers", list, source, where)
     answers: list[Answer] = []

@@ -57,12 +57,19 @@ class GoldStandard:
 
     answers: dict[str, list[str]]  # id -> answer texts; [] = unanswerable
     version: str | None
+    contradictory: int = 0  # is_impossible: true with answers (scored as answerable)
 
-    def version_warning(self) -> str | None:
-        if self.version in V2_VERSIONS:
-            return None
-        return (f"dataset version is {self.version!r}, not v2.0; scoring with the SQuAD 2.0 "
-                "rules anyway (questions without answers count as unanswerable)")
+    def warnings(self) -> list[str]:
+        notes = []
+        if self.version not in V2_VERSIONS:
+            notes.append(f"dataset version is {self.version!r}, not v2.0; scoring with the "
+                         "SQuAD 2.0 rules anyway (questions without answers count as "
+                         "unanswerable)")
+        if self.contradictory:
+            notes.append(f"{self.contradictory} questions are marked is_impossible but carry "
+                         "answers; they are scored as answerable (the answers decide, as in "
+                         "the official scorer and in training)")
+        return notes
 
 
 def gold_from_squad(data: Any, source: str = "<memory>") -> GoldStandard:
@@ -70,6 +77,7 @@ def gold_from_squad(data: Any, source: str = "<memory>") -> GoldStandard:
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataError(f"{source}: not a SQuAD file (no top-level 'data' list)")
     answers: dict[str, list[str]] = {}
+    contradictory = 0
     try:
         for article in data["data"]:
             for paragraph in article["paragraphs"]:
@@ -79,14 +87,21 @@ def gold_from_squad(data: Any, source: str = "<memory>") -> GoldStandard:
                     texts = [answer["text"] for answer in qa.get("answers", [])]
                     if not all(isinstance(text, str) for text in texts):
                         raise DataError(f"{source}: question {qa['id']}: non-string answer text")
-                    answers[str(qa["id"])] = texts
+                    qid = str(qa["id"])
+                    if qid in answers:
+                        # the official script silently keeps the last; prepare and evaluate
+                        # reject the file, so scoring does too
+                        raise DataError(f"{source}: duplicate question id {qid!r}: question "
+                                        "ids must be unique")
+                    answers[qid] = texts
+                    contradictory += bool(texts) and qa.get("is_impossible") is True
     except (KeyError, TypeError) as exc:
         raise DataError(f"{source}: malformed SQuAD structure ({type(exc).__name__}: {exc})"
                         ) from None
     if not answers:
         raise DataError(f"{source}: the dataset has no questions")
     version = data.get("version")
-    return GoldStandard(answers, version if isinstance(version, str) else None)
+    return GoldStandard(answers, version if isinstance(version, str) else None, contradictory)
 
 
 def load_gold(path: str | Path, spec: FileSpec | None = None) -> GoldStandard:
@@ -104,7 +119,7 @@ def gold_for_examples(gold: GoldStandard, examples: Sequence[Any], *, limited: b
     parser changed or dropped (a dropped question still counts, as wrong, like the official
     script would count it). `limited`: only the examples' questions are evaluated (a sample),
     so questions beyond them are left out rather than counted."""
-    warnings = [message] if (message := gold.version_warning()) is not None else []
+    warnings = gold.warnings()
     if limited:
         kept = {example.id for example in examples}
         answers = {qid: texts for qid, texts in gold.answers.items() if qid in kept}
@@ -143,6 +158,9 @@ def load_na_probs(path: str | Path) -> dict[str, float]:
     for qid, value in data.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise DataError(f"na_probs {path}: value for {qid} is not a number")
+        if not math.isfinite(value):
+            raise DataError(f"na_probs {path}: value for {qid} is {value} (NaN and Infinity "
+                            "are not probabilities or scores)")
     return data
 
 
@@ -162,12 +180,13 @@ def score_files(
     na_prob_thresh: float = 1.0,
 ) -> ScoreReport:
     """What `evaluate-v2.0.py data predictions [--na-prob-file]` computes, plus warnings."""
+    if math.isnan(na_prob_thresh):
+        raise ConfigError("na_prob_thresh must be a number, not NaN (a NaN threshold would "
+                          "make every comparison false and silently answer everything)")
     gold = load_gold(data_path)
     predictions = load_predictions(predictions_path)
     na_probs = load_na_probs(na_probs_path) if na_probs_path is not None else None
-    warnings = []
-    if (message := gold.version_warning()) is not None:
-        warnings.append(message)
+    warnings = gold.warnings()
     check = check_predictions(gold.answers, predictions)
     if check.non_string:
         qid = check.non_string[0]
@@ -437,7 +456,7 @@ def read_questions_jsonl(path: str | Path) -> list[Question]:
     """{"id", "question", "context"} per line (blank lines skipped; id defaults to line-N)."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is not a record
     except FileNotFoundError:
         raise DataError(f"questions {path}: file not found") from None
     except UnicodeDecodeError as exc:
