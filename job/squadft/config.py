@@ -78,6 +78,9 @@ class Config:
     cache_dir: str = _opt(
         default_cache_dir(), "Cache for downloads and tokenized features.", "data"
     )
+    refresh: bool = _opt(
+        False, "Download the data files again even when the cache holds a valid copy.", "data"
+    )
     max_train_samples: int | None = _opt(
         None,
         "Train on a seeded sample of N questions that keeps the unanswerable share "

@@ -73,7 +73,7 @@ def pull(cfg: Config, *, splits: tuple[str, ...] = ("train", "dev"),
             for item in items:
                 if item.path not in shown:  # a file used twice (two slices) was fetched once
                     shown.add(item.path)
-                    how = "cached" if item.from_cache else "downloaded"
+                    how = item.note or ("cached" if item.from_cache else "downloaded")
                     say(f"{split}: {item.path} ({item.size:,} bytes, sha256 {item.sha256}, "
                         f"{how})")
     return fetched
@@ -90,7 +90,14 @@ class _Loaded:
 
 
 def _load(cfg: Config, spec: FileSpec, item: FetchedFile) -> _Loaded:
-    examples, report = load_squad_cached(item.path, cache_dir=cfg.cache_dir, sha256=item.sha256)
+    try:
+        examples, report = load_squad_cached(item.path, cache_dir=cfg.cache_dir,
+                                             sha256=item.sha256)
+    except DataError as exc:
+        if not item.from_cache:
+            raise
+        raise DataError(f"{exc} (this copy came from the download cache: `squadft pull "
+                        f"--refresh` fetches it again, or delete {item.path.parent})") from None
     if spec.sliced:
         examples = select_articles(examples, spec, report.articles)
     return _Loaded(spec, item, examples, report)
@@ -277,7 +284,9 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
         data = prepare(cfg, tokenizer, splits=splits, verbose=True) if ctx.is_main else None
         barrier(ctx)
         if data is None:
-            data = prepare(cfg, tokenizer, splits=splits, verbose=False)
+            # --refresh is rank 0's to do: the others use what it just fetched
+            data = prepare(cfg.replace(refresh=False), tokenizer, splits=splits,
+                           verbose=False)
         assert data.train is not None
         seed_everything(cfg.seed)  # the new QA head starts the same on every rank
         model = load_model(cfg.model)

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import base64
+import fcntl
+import gzip
 import hashlib
 import json
+import os
+import queue
 import random
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import IO
 
 import pytest
 from squadft.config import Config
@@ -53,6 +61,11 @@ class Behaviour:
     honour_range: bool = True
     gate_first: bool = False  # hold the first request until `gate` is set, then serve it
     credentials: tuple[str, str] | None = None  # require HTTP basic auth
+    html_first: int = 0  # answer the first N GETs with a login page and HTTP 200
+    unsized_short_first: int = 0  # ... with 200, no Content-Length and half the body
+    send_etag: bool = True
+    send_last_modified: bool = False  # the file's mtime
+    head_status: int | None = None  # answer every HEAD with this status
 
 
 @dataclass
@@ -86,6 +99,10 @@ class LocalServer:
     def gets(self) -> list[Seen]:
         return [s for s in self.seen if s.method == "GET"]
 
+    @property
+    def heads(self) -> list[Seen]:
+        return [s for s in self.seen if s.method == "HEAD"]
+
     def stop(self) -> None:
         self.release.set()
         self.gate.set()
@@ -98,17 +115,49 @@ def _etag(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
 
 
+LOGIN_PAGE = (b"<!DOCTYPE html>\n<html><head><title>Sign in - Example SSO</title></head>"
+              b"<body><form>user, password</form></body></html>\n")
+
+
 def _make_handler(server: LocalServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:
             pass
 
+        def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+            with server.lock:
+                server.seen.append(Seen("HEAD", self.path, dict(self.headers.items())))
+            server.arrived.release()
+            path = server.root / self.path.removeprefix("/squad/")
+            if server.behaviour.head_status is not None:
+                self._empty(server.behaviour.head_status)
+            elif not self.path.startswith("/squad/") or not path.is_file():
+                self._empty(404)
+            else:
+                self.send_response(200)
+                self.send_header("Content-Length", str(path.stat().st_size))
+                self._validators(path, path.read_bytes())
+                self.end_headers()
+
+        def _validators(self, path: Path, body: bytes) -> None:
+            if server.behaviour.send_etag:
+                self.send_header("ETag", _etag(body))
+            if server.behaviour.send_last_modified:
+                self.send_header("Last-Modified", formatdate(path.stat().st_mtime, usegmt=True))
+
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             with server.lock:
                 server.seen.append(Seen("GET", self.path, dict(self.headers.items())))
-                number = len(server.seen)
+                number = len([s for s in server.seen if s.method == "GET"])
             server.arrived.release()
             b = server.behaviour
+            if number <= b.html_first:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(LOGIN_PAGE)))
+                self.end_headers()
+                self.wfile.write(LOGIN_PAGE)
+                return
             if b.gate_first and number == 1:
                 server.gate.wait(timeout=10)
             if number <= b.hang_first:
@@ -136,8 +185,13 @@ def _make_handler(server: LocalServer) -> type[BaseHTTPRequestHandler]:
                 status = 206
             part = body[start:]
             self.send_response(status)
+            if number <= b.html_first + b.unsized_short_first:
+                self.end_headers()  # HTTP/1.0: the body ends when the connection closes
+                self.wfile.write(part[:len(part) // 2])
+                self.close_connection = True
+                return
             self.send_header("Content-Length", str(len(part)))
-            self.send_header("ETag", _etag(body))
+            self._validators(path, body)
             if b.honour_range:
                 self.send_header("Accept-Ranges", "bytes")
             if status == 206:
@@ -226,7 +280,8 @@ def test_download_verifies_sha256_and_writes_sidecar(serve, cache, sample_dir, b
     meta = json.loads(sidecar_path(got.path).read_text())
     assert meta["source"] == server.url and meta["name"] == TRAIN
     assert meta["size"] == got.size and meta["sha256"] == TRAIN_SAMPLE_SHA256
-    assert meta["etag"] == _etag(got.path.read_bytes()) and meta["fetched_at"].endswith("+00:00")
+    assert meta["fingerprint"] == {"etag": _etag(got.path.read_bytes()), "length": got.size}
+    assert meta["fetched_at"].endswith("+00:00")
     assert [g.path for g in server.gets] == [f"/squad/{TRAIN}"]
     # Plain bytes on the wire, so sizes and ranges refer to the file itself.
     assert server.gets[0].headers["Accept-Encoding"] == "identity"
@@ -561,3 +616,308 @@ def test_unknown_scheme_is_a_config_error(source: str) -> None:
 def test_names_escaping_the_cache_are_rejected(name: str, cache: Path) -> None:
     with pytest.raises(ConfigError, match="invalid file name"):
         fetch("file:///tmp", name, cache, progress=False)
+
+
+# --- bad bodies never reach the cache --------------------------------------------------------
+
+
+def test_html_page_served_with_200_is_rejected_and_not_cached(serve, cache, sample_dir) -> None:
+    server = serve(html_first=1)
+    with pytest.raises(DataError) as caught:
+        fetch(server.url, TRAIN, cache, progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and f"{server.url}{TRAIN}" in message
+    assert "an HTML page titled 'sign in - example sso'" in message
+    assert "nothing was cached" in message
+    assert _cache_entries(cache) == []  # no file, no sidecar, no .part to resume from
+    # the server recovers: the next run downloads the real file instead of trusting a copy
+    got = fetch(server.url, TRAIN, cache, progress=False)
+    assert not got.from_cache and got.path.read_bytes() == (sample_dir / TRAIN).read_bytes()
+    assert "Range" not in server.gets[1].headers
+
+
+@pytest.mark.parametrize("name", [TRAIN, "dev-plain.json"])
+def test_short_body_without_content_length_is_rejected(serve, cache, www, name) -> None:
+    (www / "dev-plain.json").write_bytes(gzip.decompress((www / DEV).read_bytes()))
+    server = serve(unsized_short_first=1)
+    with pytest.raises(DataError) as caught:
+        fetch(server.url, name, cache, progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and f"{server.url}{name}" in message
+    assert ("corrupt or truncated gzip data" if name == TRAIN else "invalid JSON") in message
+    assert _cache_entries(cache) == []
+    got = fetch(server.url, name, cache, progress=False)
+    assert got.path.read_bytes() == (www / name).read_bytes() and len(server.gets) == 2
+
+
+@pytest.mark.parametrize(("body", "looks"), [
+    (b"", "an empty body"),
+    (b'{"error": "quota exceeded"}', "a JSON object without a top-level 'data' list"),
+    (b"[1, 2]", "JSON list without a top-level 'data' list"),
+    (b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>", "an XML or HTML document"),
+    (gzip.compress(LOGIN_PAGE), "an HTML page titled"),
+])
+def test_content_that_is_not_squad_is_rejected(tmp_path, cache, body, looks) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train.json").write_bytes(body)
+    with pytest.raises(DataError, match="did not return a SQuAD file") as caught:
+        fetch((tmp_path / "src").as_uri(), "train.json", cache, progress=False)
+    assert looks in str(caught.value) and "\n" not in str(caught.value)
+    assert _cache_entries(cache) == []
+
+
+def test_a_cache_poisoned_by_an_older_version_is_fetched_again(serve, cache, sample_dir) -> None:
+    """What the landed code left behind: an HTML page with a valid (fingerprint-less) sidecar."""
+    server = serve()
+    target = cache_folder(cache, server.url) / TRAIN
+    target.parent.mkdir(parents=True)
+    target.write_bytes(LOGIN_PAGE)
+    sidecar_path(target).write_text(json.dumps({
+        "source": server.url, "name": TRAIN, "size": len(LOGIN_PAGE),
+        "sha256": hashlib.sha256(LOGIN_PAGE).hexdigest(), "fetched_at": "2026-01-01T00:00:00+00:00",
+        "etag": '"login"'}))
+    got = fetch(server.url, TRAIN, cache, progress=False)
+    assert not got.from_cache and got.path.read_bytes() == (sample_dir / TRAIN).read_bytes()
+    assert got.note == "downloaded again (the cached copy had no source fingerprint)"
+
+
+# --- revalidation: a cached copy follows its source ------------------------------------------
+
+
+def _squad_json(marker: str) -> bytes:
+    return json.dumps({"version": "v2.0", "data": [], "marker": marker}).encode()
+
+
+@pytest.mark.parametrize(("validator", "behaviour"), [
+    ("etag", {}),
+    ("last_modified", {"send_etag": False, "send_last_modified": True}),
+    ("length", {"send_etag": False}),
+])
+def test_changed_http_source_is_fetched_again(serve, cache, www, validator, behaviour) -> None:
+    source_file = www / "train.json"
+    source_file.write_bytes(_squad_json("first"))
+    os.utime(source_file, (1_700_000_000, 1_700_000_000))
+    server = serve(**behaviour)
+    first = fetch(server.url, "train.json", cache, progress=False)
+    meta = json.loads(sidecar_path(first.path).read_text())
+    assert validator in meta["fingerprint"]
+    unchanged = fetch(server.url, "train.json", cache, progress=False)
+    assert unchanged.from_cache and unchanged.note == ""
+    assert (len(server.gets), len(server.heads)) == (1, 1)  # one HEAD, no download
+
+    # same length unless the length is all the server gives; a later mtime in every case
+    source_file.write_bytes(_squad_json("second!" if validator == "length" else "other"))
+    os.utime(source_file, (1_700_000_100, 1_700_000_100))
+    changed = fetch(server.url, "train.json", cache, progress=False)
+    assert not changed.from_cache and changed.path.read_bytes() == source_file.read_bytes()
+    assert changed.note.startswith("downloaded again (the source changed: ")
+    assert validator in changed.note and (len(server.gets), len(server.heads)) == (2, 2)
+    assert fetch(server.url, "train.json", cache, progress=False).from_cache
+
+
+def test_server_giving_no_validators_is_not_asked_again(serve, cache, www) -> None:
+    (www / "train.json").write_bytes(_squad_json("x"))
+    server = serve()
+    # a server sending no ETag, Last-Modified or Content-Length leaves an empty fingerprint
+    got = fetch(server.url, "train.json", cache, progress=False)
+    meta = json.loads(sidecar_path(got.path).read_text())
+    sidecar_path(got.path).write_text(json.dumps({**meta, "fingerprint": {}}))
+    again = fetch(server.url, "train.json", cache, progress=False)
+    assert again.from_cache and server.heads == []
+
+
+@pytest.mark.parametrize(("change", "fields"), [
+    ("replaced by other data", "mtime_ns, size"), ("fixed in place, same size", "mtime_ns")])
+def test_changed_file_source_is_fetched_again(tmp_path, cache, change, fields) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    path = src / "train.json"
+    path.write_bytes(_squad_json("first"))
+    first = fetch(src.as_uri(), "train.json", cache, progress=False)
+    assert fetch(src.as_uri(), "train.json", cache, progress=False).from_cache
+    before = path.stat()
+    path.write_bytes(_squad_json("a longer one" if change.startswith("replaced") else "fixed"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    again = fetch(src.as_uri(), "train.json", cache, progress=False)
+    assert not again.from_cache and again.path.read_bytes() == path.read_bytes()
+    assert again.sha256 != first.sha256
+    assert again.note == f"downloaded again (the source changed: {fields})"
+    assert fetch(src.as_uri(), "train.json", cache, progress=False).from_cache
+
+
+def test_pinned_sha256_is_trusted_without_asking_the_source(serve, cache, www) -> None:
+    server = serve()
+    fetch(server.url, TRAIN, cache, sha256=TRAIN_SAMPLE_SHA256, progress=False)
+    (www / TRAIN).write_bytes((www / DEV).read_bytes())  # the source changes: irrelevant
+    got = fetch(server.url, TRAIN, cache, sha256=TRAIN_SAMPLE_SHA256, progress=False)
+    assert got.from_cache and got.sha256 == TRAIN_SAMPLE_SHA256
+    assert [s.method for s in server.seen] == ["GET"]
+
+
+@pytest.mark.parametrize("outage", ["server gone", "HEAD 503", "HEAD 405", "file gone"])
+def test_source_that_cannot_be_checked_leaves_the_cached_copy_in_use(
+    serve, cache, www, capsys, outage
+) -> None:
+    server = serve(head_status={"HEAD 503": 503, "HEAD 405": 405}.get(outage))
+    source = www.as_uri() if outage == "file gone" else server.url
+    first = fetch(source, DEV, cache, progress=False)
+    if outage == "server gone":
+        server.stop()
+    if outage == "file gone":
+        (www / DEV).unlink()
+    capsys.readouterr()
+    got = fetch(source, DEV, cache, progress=False, retries=0)
+    assert got.from_cache and got.path == first.path and got.sha256 == DEV_SAMPLE_SHA256
+    assert got.note == "cached, not checked for changes"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("squadft: warning: ")
+    assert f"using the cached copy {first.path}" in err
+    assert len(server.gets) == (0 if outage == "file gone" else 1)
+
+
+def test_refresh_downloads_again_ignoring_a_valid_cache(serve, cache, sample_dir) -> None:
+    server = serve(truncate_first=1)
+    with pytest.raises(DownloadError):
+        fetch(server.url, TRAIN, cache, progress=False, retries=0)
+    assert (cache_folder(cache, server.url) / (TRAIN + ".part")).stat().st_size > 0
+    got = fetch(server.url, TRAIN, cache, sha256=TRAIN_SAMPLE_SHA256, progress=False,
+                refresh=True)
+    assert "Range" not in server.gets[1].headers  # the partial download was dropped too
+    again = fetch(server.url, TRAIN, cache, sha256=TRAIN_SAMPLE_SHA256, progress=False,
+                  refresh=True)
+    for fetched in (got, again):
+        assert not fetched.from_cache and fetched.note == "downloaded (--refresh)"
+        assert fetched.path.read_bytes() == (sample_dir / TRAIN).read_bytes()
+    assert len(server.gets) == 3 and server.heads == []
+
+
+# --- the pipeline and the command line -------------------------------------------------------
+
+
+def test_parse_error_of_a_cached_file_names_the_way_out(tmp_path, cache) -> None:
+    from squadft import pipeline
+
+    src = tmp_path / "src"
+    src.mkdir()
+    bad = {"version": "v2.0", "data": [{"title": "T", "paragraphs": [{"context": "c"}]}]}
+    (src / "train.json").write_text(json.dumps(bad))
+    (src / "dev.json").write_text(json.dumps(bad))
+    cfg = Config(source=src.as_uri(), train_file="train.json", dev_file="dev.json",
+                 cache_dir=str(cache))
+    with pytest.raises(DataError) as fresh:
+        pipeline.prepare(cfg, tokenizer=object(), splits=("dev",), verbose=False)
+    assert "--refresh" not in str(fresh.value)  # just downloaded: fetching again won't help
+    with pytest.raises(DataError) as cached:
+        pipeline.prepare(cfg, tokenizer=object(), splits=("dev",), verbose=False)
+    message = str(cached.value)
+    assert "\n" not in message and "'qas'" in message
+    assert "`squadft pull --refresh` fetches it again" in message
+    assert str(cache_folder(cache, src.as_uri())) in message
+
+
+def _squadft(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "squadft", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _pull_args(url: str, cache: Path, *more: str) -> list[str]:
+    return ["pull", "--source", url, "--train-file", TRAIN, "--dev-file", DEV,
+            "--cache-dir", str(cache), *more]
+
+
+def _finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err
+
+
+def test_cli_pull_says_what_it_did_and_refreshes(serve, cache, www) -> None:
+    server = serve()
+    code, out, err = _finish(_squadft(*_pull_args(server.url, cache)))
+    assert code == 0 and out.count(", downloaded)") == 2, err
+    code, out, _ = _finish(_squadft(*_pull_args(server.url, cache)))
+    assert code == 0 and out.count(", cached)") == 2 and len(server.gets) == 2
+    (www / TRAIN).write_bytes((www / DEV).read_bytes())  # a new version of the training file
+    code, out, _ = _finish(_squadft(*_pull_args(server.url, cache)))
+    assert code == 0 and len(server.gets) == 3
+    assert "downloaded again (the source changed: etag, length))" in out
+    assert out.count(", cached)") == 1  # dev only
+    code, out, _ = _finish(_squadft(*_pull_args(server.url, cache, "--refresh")))
+    assert code == 0 and out.count(", downloaded (--refresh))") == 2
+    assert "cached" not in out and len(server.gets) == 5
+
+
+# --- two processes, one cache ----------------------------------------------------------------
+
+
+def _stderr_lines(*procs: subprocess.Popen[str]) -> queue.Queue[str]:
+    """The stderr lines of `procs`, as they come."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump(stream: IO[str]) -> None:
+        for line in stream:
+            lines.put(line)
+
+    for proc in procs:
+        threading.Thread(target=pump, args=(proc.stderr,), daemon=True).start()
+    return lines
+
+
+def _wait_for_line(lines: queue.Queue[str], text: str) -> str:
+    while True:
+        line = lines.get(timeout=60)  # a hang fails here instead of blocking the suite
+        if text in line:
+            return line
+
+
+def _valid_cache(cache: Path, url: str, www: Path) -> None:
+    for name in (TRAIN, DEV):
+        path = cache_folder(cache, url) / name
+        meta = json.loads(sidecar_path(path).read_text())
+        assert path.read_bytes() == (www / name).read_bytes()
+        assert meta["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not list(cache.rglob("*.part*"))
+
+
+def test_two_pulls_at_once_share_one_download_and_leave_a_valid_cache(serve, cache, www) -> None:
+    server = serve(gate_first=True)
+    procs = [_squadft(*_pull_args(server.url, cache)) for _ in range(2)]
+    try:
+        lines = _stderr_lines(*procs)
+        assert server.arrived.acquire(timeout=60)  # one of them holds the lock, mid-download
+        # the other one reaches the same lock, says so, and waits instead of racing it
+        waiting = _wait_for_line(lines, "waiting for process")
+        assert f"fetching {TRAIN} into {cache_folder(cache, server.url)}" in waiting
+        assert len(server.gets) == 1
+        server.gate.set()
+        codes = [proc.wait(timeout=60) for proc in procs]
+        outputs = [proc.stdout.read() for proc in procs]  # type: ignore[union-attr]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert codes == [0, 0]
+    assert sorted(g.path for g in server.gets) == [f"/squad/{DEV}", f"/squad/{TRAIN}"]
+    # each file was downloaded by one of them and found in the cache by the other
+    assert sum(out.count(", downloaded)") for out in outputs) == 2
+    assert sum(out.count(", cached)") for out in outputs) == 2
+    _valid_cache(cache, server.url, www)
+
+
+def test_a_killed_pull_does_not_block_the_next_one(serve, cache, www) -> None:
+    server = serve(gate_first=True)
+    killed = _squadft(*_pull_args(server.url, cache))
+    try:
+        assert server.arrived.acquire(timeout=60)  # it holds the lock, mid-download
+        lock = pull.lock_path(cache_folder(cache, server.url) / TRAIN)
+        with open(lock, "a+b") as handle:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            killed.send_signal(signal.SIGKILL)
+            killed.wait(timeout=60)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the kernel
+    finally:
+        killed.kill()
+        killed.wait()
+    code, out, err = _finish(_squadft(*_pull_args(server.url, cache)))
+    assert code == 0 and "waiting" not in err and out.count(", downloaded)") == 2, err
+    _valid_cache(cache, server.url, www)

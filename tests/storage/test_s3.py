@@ -303,3 +303,25 @@ def test_cli_upload(tmp_path: Path, seaweed: SeaweedServer, bucket: str,
 
     malformed = _cli(["upload", str(source), "s3://AKID:secret@bucket/x"])
     assert malformed.returncode == 2 and "secret" not in malformed.stderr
+
+
+def test_s3_cached_copy_is_fetched_again_when_the_object_changes(
+        tmp_path: Path, proxy: FaultProxy, bucket: str, admin_client: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from squadft.data.pull import fetch, sidecar_path
+
+    def put(marker: str) -> None:
+        body = json.dumps({"version": "v2.0", "data": [], "marker": marker}).encode()
+        admin_client.put_object(Bucket=bucket, Key="moving/train.json", Body=body)
+
+    monkeypatch.setenv("SQUADFT_S3_ENDPOINT_URL", proxy.url)
+    source, cache = f"s3://{bucket}/moving", tmp_path / "cache"
+    put("first")
+    first = fetch(source, "train.json", cache, progress=False)
+    assert set(json.loads(sidecar_path(first.path).read_text())["fingerprint"]) == {
+        "etag", "length"}
+    assert fetch(source, "train.json", cache, progress=False).from_cache  # one HEAD, no GET
+    put("second, longer")
+    again = fetch(source, "train.json", cache, progress=False)
+    assert not again.from_cache and b"second, longer" in again.path.read_bytes()
+    assert again.note == "downloaded again (the source changed: etag, length)"

@@ -7,10 +7,19 @@ Cache layout, per source::
     <cache_dir>/downloads/<...>/<name>.part (+ .part.json resume state)        while downloading
 
 A cached file counts only when its sidecar exists and the file still matches it (size and
-sha256) and the expected digest, so a second pull does no network request at all, while a
-corrupted or half-written cache is fetched again. A download lands in `<name>.part`, is
-verified, then renamed into place: a file that failed its checksum is deleted, never left
-looking valid.
+sha256) and the expected digest, so a corrupted or half-written cache is fetched again. A
+download lands in `<name>.part`, is verified, then renamed into place: a file that failed its
+checksum is deleted, never left looking valid.
+
+Without an expected sha256 nothing pins the content, so two more rules keep a bad download from
+poisoning the cache: the content is checked (gzip, JSON, SQuAD's top-level `data` list) before
+it is committed, and a cached copy is revalidated against its source's fingerprint (size and
+mtime of a local file; ETag, Last-Modified and Content-Length from an HTTP HEAD; ETag and size
+of an S3 object) and fetched again when that changed. With an expected sha256 a cached copy
+that matches it is used without any network request. `refresh` ignores the cache altogether.
+
+Processes sharing a cache serialise on a per-file flock, which the kernel releases when its
+holder dies: a killed download never blocks the next run.
 """
 
 from __future__ import annotations
@@ -21,8 +30,10 @@ import json
 import os
 import random
 import re
+import socket
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +50,14 @@ from tqdm import tqdm
 from squadft.config import Config, redact_url
 from squadft.data.selection import FileSpec, parse_file_list, parse_file_spec
 from squadft.errors import ChecksumError, ConfigError, DataError, DownloadError, StorageError
-from squadft.io import atomic_write_json, describe_os_error, fsync_dir, sha256_file
+from squadft.io import (
+    GZIP_MAGIC,
+    atomic_write_json,
+    describe_os_error,
+    fsync_dir,
+    read_json_file,
+    sha256_file,
+)
 
 CHUNK_SIZE = 1 << 20  # big reads keep Python overhead negligible on a 40 MB file
 DEFAULT_RETRIES = 5
@@ -51,12 +69,17 @@ _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
+# What identifies one version of a file at its source (see each Source's `fingerprint`).
+Fingerprint = dict[str, str | int]
+
+
 @dataclass(frozen=True)
 class FetchedFile:
     path: Path
     sha256: str
     size: int
     from_cache: bool
+    note: str = ""  # how it was got when plain "cached"/"downloaded" would mislead
 
 
 @runtime_checkable
@@ -70,7 +93,13 @@ class Source(Protocol):
     def download(self, name: str, dest: Path, *, progress: bool) -> None:
         """Write the complete remote file `name` to `dest` (a .part path that may already hold a
         prefix from an earlier try: resume where the backend can). Raise DownloadError
-        (unreachable after retries), DataError (not found, bad response) or StorageError."""
+        (unreachable after retries), DataError (not found, bad response) or StorageError.
+        Record the downloaded version's fingerprint in `self.fingerprints[name]`."""
+        ...
+
+    def fingerprint(self, name: str) -> Fingerprint:
+        """The current version's fingerprint, cheaply (a stat, a HEAD) and without retries;
+        DownloadError, DataError or StorageError when the source cannot tell now."""
         ...
 
 
@@ -168,15 +197,18 @@ def fetch(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
     backoff: Backoff | None = None,
+    refresh: bool = False,
 ) -> FetchedFile:
     """Return the verified local copy of `name` under `source`, downloading it only when the
-    cache holds no valid copy. `sha256`/`size`, when given, must match or ChecksumError."""
+    cache holds no valid copy of the source's current version (`refresh`: download it anyway).
+    `sha256`/`size`, when given, must match or ChecksumError."""
 
     def opener() -> Source:
         return open_source(source, retries=retries, connect_timeout=connect_timeout,
                            read_timeout=read_timeout, backoff=backoff)
 
-    return _fetch(opener, source, name, cache_dir, sha256=sha256, size=size, progress=progress)
+    return _fetch(opener, source, name, cache_dir, sha256=sha256, size=size, progress=progress,
+                  refresh=refresh)
 
 
 def split_files(cfg: Config) -> dict[str, list[tuple[FileSpec, str | None]]]:
@@ -196,7 +228,8 @@ def pull_dataset(
     cfg: Config, splits: tuple[str, ...] = ("train", "dev"), *, progress: bool = True
 ) -> dict[str, list[FetchedFile]]:
     """Fetch the configured files of `splits` into cfg.cache_dir, each verified and cached on
-    its own (a file used by two splits is fetched once). Prints nothing but progress."""
+    its own (a file used by two splits is fetched once; cfg.refresh fetches them again). Prints
+    nothing but progress and warnings (on stderr)."""
     wanted = split_files(cfg)
     unknown = [s for s in splits if s not in {"train", "dev", "calibration"}]
     if unknown:
@@ -217,7 +250,8 @@ def pull_dataset(
     def one(name: str, sha256: str | None) -> FetchedFile:
         if name not in fetched:
             fetched[name] = _fetch(shared_source, cfg.source, name, cfg.cache_dir,
-                                   sha256=sha256, size=None, progress=progress)
+                                   sha256=sha256, size=None, progress=progress,
+                                   refresh=cfg.refresh)
         return fetched[name]
 
     return {split: [one(spec.name, sha256) for spec, sha256 in wanted[split]]
@@ -253,6 +287,7 @@ def _fetch(
     sha256: str | None,
     size: int | None,
     progress: bool,
+    refresh: bool = False,
 ) -> FetchedFile:
     _check_name(name)
     expected = _check_sha256(sha256)
@@ -260,14 +295,22 @@ def _fetch(
     sidecar = sidecar_path(target)
     _make_dirs(target.parent)
     with _exclusive_lock(target):
-        cached = _valid_cached(target, name, expected, size)
-        if cached is not None:
-            return cached
+        note = "downloaded (--refresh)" if refresh else ""
+        found = None if refresh else _valid_cached(target, name, expected, size)
+        if found is not None:
+            cached, meta = found
+            if expected is not None:
+                return cached  # pinned by its digest: no newer version can be the right one
+            note = _revalidate(open_src, name, target, meta)
+            if not note.startswith("downloaded"):
+                return FetchedFile(cached.path, cached.sha256, cached.size, True, note)
         # A stale pair must never look valid, not even if we crash or fail before replacing it.
         sidecar.unlink(missing_ok=True)
         target.unlink(missing_ok=True)
-        src = open_src()
         part = part_path(target)
+        if refresh:
+            discard_partial(part)  # a partial download is part of the cache too
+        src = open_src()
         src.download(name, part, progress=progress)
         if not part.is_file():
             raise DataError(f"download of {src.describe(name)} produced no file")
@@ -285,7 +328,15 @@ def _fetch(
                 f"sha256 mismatch for {src.describe(name)}: expected {expected}, got {digest}; "
                 "the download was deleted"
             )
-        validators = getattr(src, "validators", {}).get(name, {})
+        if expected is None:
+            # Nothing pins the content: an error page served with HTTP 200 or a cut-off body
+            # must not become a cached file that every later run trusts.
+            try:
+                check_squad_file(part, src.describe(name))
+            except DataError:
+                discard_partial(part)
+                raise
+        fingerprint = getattr(src, "fingerprints", {}).get(name)
         try:
             _fsync_file(part)
             os.replace(part, target)
@@ -300,14 +351,17 @@ def _fetch(
             "sha256": digest,
             "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        meta.update({k: v for k, v in validators.items() if v})
+        if fingerprint is not None:
+            meta["fingerprint"] = fingerprint
         atomic_write_json(sidecar, meta)
-        return FetchedFile(path=target, sha256=digest, size=actual_size, from_cache=False)
+        return FetchedFile(path=target, sha256=digest, size=actual_size, from_cache=False,
+                           note=note)
 
 
 def _valid_cached(
     target: Path, name: str, expected: str | None, size: int | None
-) -> FetchedFile | None:
+) -> tuple[FetchedFile, dict[str, Any]] | None:
+    """The cached copy and its sidecar, when the copy is intact and matches what is asked."""
     sidecar = sidecar_path(target)
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -328,7 +382,72 @@ def _valid_cached(
     # Re-hash: it costs a fraction of a second and catches a file corrupted in place.
     if sha256_file(target) != recorded_sha:
         return None
-    return FetchedFile(path=target, sha256=recorded_sha, size=actual_size, from_cache=True)
+    return FetchedFile(path=target, sha256=recorded_sha, size=actual_size, from_cache=True), meta
+
+
+def _revalidate(
+    open_src: Callable[[], Source], name: str, target: Path, meta: dict[str, Any]
+) -> str:
+    """Whether the unpinned cached copy in `target` is still the source's version: "" (yes),
+    a note starting with "downloaded" (no: fetch it again) or one starting with "cached"
+    (cannot tell now: the copy is used, and a warning says so)."""
+    recorded = meta.get("fingerprint")
+    if isinstance(recorded, dict) and not recorded:
+        return ""  # the source gave nothing to compare (no ETag, no length): keep the copy
+    try:
+        current = open_src().fingerprint(name)
+    except (DataError, DownloadError, StorageError) as exc:
+        _warn(f"warning: {exc}; using the cached copy {target} (fetched "
+              f"{meta.get('fetched_at', 'earlier')}) without checking it for changes")
+        return "cached, not checked for changes"
+    if not isinstance(recorded, dict):
+        # Cached before fingerprints (and content checks) existed: fetch once more.
+        return "downloaded again (the cached copy had no source fingerprint)"
+    common = recorded.keys() & current.keys()
+    if any(recorded[key] != current[key] for key in common):
+        changed = ", ".join(sorted(key for key in common if recorded[key] != current[key]))
+        return f"downloaded again (the source changed: {changed})"
+    return ""
+
+
+def check_squad_file(path: Path, where: str) -> None:
+    """Raise a one-line DataError naming `where` unless `path` holds SQuAD JSON (gzip or not):
+    decodable, and a top-level object with a `data` list. Says what the content looked like."""
+    try:
+        data = read_json_file(path)
+    except DataError as exc:
+        looks = _looks_like(path) or str(exc).removeprefix(f"{path}: ")
+        raise DataError(f"{where} did not return a SQuAD file: {looks}; nothing was cached") \
+            from None
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        kind = "a JSON object" if isinstance(data, dict) else f"JSON {type(data).__name__}"
+        raise DataError(f"{where} did not return a SQuAD file: {kind} without a top-level "
+                        "'data' list; nothing was cached")
+
+
+def _looks_like(path: Path, limit: int = 4096) -> str | None:
+    """What the first bytes (decompressed) look like when that says more than a JSON error:
+    'an HTML page titled ...', 'an empty body'; else None."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(limit)
+    except OSError:
+        return None
+    if head[:2] == GZIP_MAGIC:
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, limit)
+        except zlib.error:
+            return None
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if not text:
+        return "an empty body"
+    if not text.startswith(b"<"):
+        return None
+    if b"<html" in text or text.startswith(b"<!doctype html"):
+        title = re.search(rb"<title[^>]*>([^<]{1,80})", text)
+        shown = f" titled {title.group(1).decode('utf-8', 'replace').strip()!r}" if title else ""
+        return f"an HTML page{shown}, not JSON"
+    return "an XML or HTML document, not JSON"
 
 
 def _check_name(name: str) -> None:
@@ -352,19 +471,50 @@ def _make_dirs(path: Path) -> None:
         raise StorageError(describe_os_error(exc, path)) from None
 
 
+def lock_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.lock")
+
+
 @contextmanager
 def _exclusive_lock(target: Path) -> Iterator[None]:
-    """Serialise fetches of one file across processes sharing a cache (two jobs, one PVC)."""
-    lock_path = target.with_name(f".{target.name}.lock")
+    """Serialise fetches of one file across processes sharing a cache (two jobs, one PVC).
+
+    A flock: the kernel drops it when its holder exits or is killed, so a lock is never left
+    behind. A process that has to wait says for whom, on stderr."""
+    path = lock_path(target)
     try:
-        handle = open(lock_path, "a+b")  # noqa: SIM115 - closed below
+        handle = open(path, "a+b")  # noqa: SIM115 - closed below
     except OSError as exc:
-        raise StorageError(describe_os_error(exc, lock_path)) from None
+        raise StorageError(describe_os_error(exc, path)) from None
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _warn(f"waiting for {_lock_holder(handle)}, which is fetching {target.name} into "
+                  f"{target.parent}")
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:  # who holds it, for the message above in other processes; best effort
+            handle.truncate(0)
+            handle.write(f"{os.getpid()} {socket.gethostname()}\n".encode())
+            handle.flush()
+        except OSError:
+            pass
         yield
     finally:
         handle.close()  # closing releases the lock
+
+
+def _lock_holder(handle: IO[bytes]) -> str:
+    try:
+        handle.seek(0)
+        pid, host = handle.read(200).decode("utf-8", "replace").split()[:2]
+    except (OSError, ValueError):
+        return "another process"
+    return f"process {pid} on {host}"
+
+
+def _warn(message: str) -> None:
+    print(f"squadft: {message}", file=sys.stderr, flush=True)
 
 
 def _fsync_file(path: Path) -> None:
@@ -425,9 +575,21 @@ class FileSource:
     def __init__(self, directory: Path, *, chunk_size: int = CHUNK_SIZE) -> None:
         self.directory = Path(directory)
         self.chunk_size = chunk_size
+        self.fingerprints: dict[str, Fingerprint] = {}
 
     def describe(self, name: str) -> str:
         return str(self.directory / name)
+
+    def fingerprint(self, name: str) -> Fingerprint:
+        """Size and mtime: a stat, no read (a file fixed or replaced in place changes both, or
+        at least its mtime)."""
+        path = self.directory / name
+        try:
+            return _stat_fingerprint(path.stat())
+        except FileNotFoundError:
+            raise DataError(f"{path} not found") from None
+        except OSError as exc:
+            raise DataError(f"cannot stat {path}: {exc.strerror or exc}") from None
 
     def download(self, name: str, dest: Path, *, progress: bool) -> None:
         path = self.directory / name
@@ -442,7 +604,9 @@ class FileSource:
         # Local copies are cheap and fast: always start over rather than trust a prefix.
         discard_partial(dest)
         with reader, _open_for_write(dest, "wb") as writer, _Progress(name, progress) as bar:
-            bar.start(total=os.fstat(reader.fileno()).st_size)
+            stat = os.fstat(reader.fileno())
+            self.fingerprints[name] = _stat_fingerprint(stat)
+            bar.start(total=stat.st_size)
             try:
                 while chunk := reader.read(self.chunk_size):
                     writer.write(chunk)
@@ -450,6 +614,10 @@ class FileSource:
             except OSError as exc:
                 raise StorageError(f"copying {path} to {dest} failed: {exc.strerror or exc}") \
                     from None
+
+
+def _stat_fingerprint(stat: os.stat_result) -> Fingerprint:
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 # --- http(s):// ------------------------------------------------------------------------------
@@ -508,8 +676,8 @@ class HttpSource:
         self.backoff = backoff or Backoff()
         self.chunk_size = chunk_size
         self.session = session or requests.Session()
-        # Validators (etag, last_modified) of each completed download, for the cache sidecar.
-        self.validators: dict[str, dict[str, str]] = {}
+        # Fingerprint (etag, last_modified, length) of each completed download, for the sidecar.
+        self.fingerprints: dict[str, Fingerprint] = {}
 
     def url(self, name: str) -> str:
         parts = urlsplit(self.base_url)
@@ -518,6 +686,31 @@ class HttpSource:
 
     def describe(self, name: str) -> str:
         return redact_url(self.url(name))
+
+    def fingerprint(self, name: str) -> Fingerprint:
+        """ETag, Last-Modified and Content-Length from one HEAD request (no retries: when the
+        server does not answer, the cached copy is used)."""
+        url = self.url(name)
+        shown = redact_url(url)
+        try:
+            response = self.session.head(url, headers={"Accept-Encoding": "identity"},
+                                         timeout=self.timeout, allow_redirects=True)
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema) as exc:
+            raise ConfigError(f"invalid URL {shown}: {type(exc).__name__}") from None
+        except requests.RequestException as exc:
+            raise DownloadError(f"cannot reach {shown}: {_scrub(_root_cause(exc), url)}") \
+                from None
+        with response:
+            status = response.status_code
+            if status in (404, 410):
+                raise DataError(f"{shown} not found (HTTP {status})")
+            if status != 200:
+                raise DownloadError(f"HEAD {shown} answered HTTP {status}")
+            headers = response.headers
+            encoded = headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
+            return _http_fingerprint(
+                headers.get("ETag"), headers.get("Last-Modified"),
+                None if encoded else _int_header(headers.get("Content-Length")))
 
     def download(self, name: str, dest: Path, *, progress: bool) -> None:
         url = self.url(name)
@@ -545,10 +738,8 @@ class HttpSource:
                         self.backoff.sleep(self.backoff.delay(failures, retry.retry_after))
                     failures += 1
         state = _load_state(dest, url)
-        self.validators[name] = {
-            k: v for k, v in (("etag", state and state.etag),
-                              ("last_modified", state and state.last_modified)) if v
-        }
+        self.fingerprints[name] = {} if state is None else _http_fingerprint(
+            state.etag, state.last_modified, state.size)
 
     # One request: resume from what `dest` holds if its resume state says the same version.
     def _attempt(self, url: str, dest: Path, bar: _Progress) -> None:
@@ -653,6 +844,12 @@ class HttpSource:
         if expected_end is not None and received != expected_end:
             # Older urllib3 does not enforce Content-Length; check it ourselves.
             raise _Retry(f"response truncated at {received} of {expected_end} bytes")
+
+
+def _http_fingerprint(etag: str | None, last_modified: str | None,
+                      length: int | None) -> Fingerprint:
+    found = {"etag": etag, "last_modified": last_modified, "length": length}
+    return {key: value for key, value in found.items() if value is not None}
 
 
 def _body_chunks(response: requests.Response, chunk_size: int, decode: bool) -> Iterator[bytes]:
@@ -761,9 +958,11 @@ __all__ = [
     "HttpSource",
     "Source",
     "cache_folder",
+    "check_squad_file",
     "discard_partial",
     "fetch",
     "file_url_to_path",
+    "lock_path",
     "open_source",
     "pull_dataset",
     "sidecar_path",

@@ -858,9 +858,20 @@ class S3Source:
         self.settings = settings
         self.client = client if client is not None else make_client(settings)
         self._manifest: Manifest | None | bool = False  # False: not read yet
+        # ETag and size of each downloaded object, for the cache's revalidation.
+        self.fingerprints: dict[str, dict[str, str | int]] = {}
 
     def describe(self, name: str) -> str:
         return self.location.object_uri(name)
+
+    def fingerprint(self, name: str) -> dict[str, str | int]:
+        """ETag and size of the object now (one HEAD)."""
+        try:
+            head = self.client.head_object(Bucket=self.location.bucket,
+                                           Key=self.location.key(name))
+        except Exception as exc:
+            raise _source_error(exc, self.describe(name), _endpoint_of(self.client)) from None
+        return _object_fingerprint(head)
 
     def _manifest_entry(self, name: str) -> ManifestEntry | None:
         if self._manifest is False:
@@ -908,6 +919,12 @@ class S3Source:
         entry = self._manifest_entry(name)
         if entry is not None and (entry.size, entry.sha256) != (digest.size, digest.sha256):
             raise ChecksumError(f"downloaded {target} does not match {MANIFEST_NAME}")
+        self.fingerprints[name] = _object_fingerprint(head)
+
+
+def _object_fingerprint(head: dict[str, Any]) -> dict[str, str | int]:
+    found = {"etag": head.get("ETag"), "length": head.get("ContentLength")}
+    return {key: value for key, value in found.items() if value is not None}
 
 
 def _config_from_env() -> Config:
