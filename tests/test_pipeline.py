@@ -238,3 +238,33 @@ def test_train_calibrates_on_held_out_articles_and_evaluate_reproduces_it(
     overridden = json.loads((tmp_path / "ev2" / "eval_results.json").read_text())
     assert overridden["null_threshold_kind"] == "given" and overridden["NoAns_exact"] == 100.0
     assert overridden["features"] != results["features"]  # 96-token windows: more of them
+
+
+@pytest.mark.slow
+def test_two_runs_sharing_one_cache_both_finish_and_leave_it_valid(
+    sample_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Two `squadft train` jobs on one node, one cache directory (a common pattern): both
+    download, parse and tokenize the same files at the same time. Neither may fail, wait for
+    good, or leave a cache that a third run cannot use as it is."""
+    import subprocess
+
+    from tests.train.common import REPO_ROOT, run_settings, squadft_command, subprocess_env
+
+    cache = tmp_path / "shared-cache"
+    runs = [run_settings(sample_dir, tiny_model_dir, cache, output_dir=str(tmp_path / f"run{i}"),
+                         max_steps=2, do_eval=True, max_eval_samples=20) for i in (1, 2)]
+    jobs = [subprocess.Popen(squadft_command(s), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=subprocess_env(), cwd=REPO_ROOT) for s in runs]
+    for job in jobs:
+        out, err = job.communicate(timeout=300)
+        assert job.returncode == 0, err
+    for s in runs:
+        assert (Path(s["output_dir"]) / "eval_results.json").is_file()
+    assert not list(cache.rglob("*.part")) and not list(cache.rglob("*.tmp*"))
+    # the cache they left is whole: a third run needs no download and no tokenization
+    third = pipeline.prepare(Config(**runs[0]), verbose=False)
+    assert third.train.cache_hit and third.dev.cache_hit and third.calibration.cache_hit
+    assert not any(f.from_cache is False for files in pipeline.pull(Config(**runs[0]),
+                                                                    verbose=False).values()
+                   for f in files)
