@@ -66,3 +66,28 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, bert_tokenizer: Any
     make_tiny_model(len(bert_tokenizer)).save_pretrained(path)
     bert_tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """`small_disk(size) -> Path`: a real filesystem of `size` bytes (a tmpfs) for disk-full
+    cases, unmounted afterwards. Where mounting is impossible (not root, no CAP_SYS_ADMIN),
+    the test is skipped and the reason shown (pytest -ra)."""
+    import subprocess
+
+    from tests.helpers import mount_tmpfs
+
+    mounted: list[Path] = []
+
+    def make(size: int) -> Path:
+        path = tmp_path / f"disk-{len(mounted)}"
+        path.mkdir()
+        problem = mount_tmpfs(path, size)
+        if problem is not None:
+            pytest.skip(f"disk-full case skipped: {problem}")
+        mounted.append(path)
+        return path
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)

@@ -8,7 +8,7 @@ import pytest
 from squadft import pipeline
 from squadft.cli import app
 from squadft.config import Config
-from squadft.errors import DataError
+from squadft.errors import DataError, StorageError
 from typer.testing import CliRunner
 
 from tests.train.common import cli_flags, run_settings
@@ -268,3 +268,68 @@ def test_two_runs_sharing_one_cache_both_finish_and_leave_it_valid(
     assert not any(f.from_cache is False for files in pipeline.pull(Config(**runs[0]),
                                                                     verbose=False).values()
                    for f in files)
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda root: root / "missing", "does not exist"),
+    (lambda root: root, "is not a squadft checkpoint (no manifest.json, no trainer_state.json)"),
+])
+def test_a_wrong_resume_path_fails_before_any_data_is_prepared(
+    settings: dict, tmp_path: Path, make, problem: str
+) -> None:
+    target = make(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+    result = CliRunner().invoke(app, ["train", *cli_flags({**settings, "resume": str(target)})])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"squadft: error: --resume {target}: {problem}"
+    assert not (tmp_path / "cache").exists()  # nothing pulled, parsed or tokenized
+
+
+def test_a_full_cache_disk_says_disk_full(settings: dict, small_disk) -> None:
+    """Downloads (~0.7 MB) and parsed examples (~2.5 MB) fit, the features (~2.3 MB) do not."""
+    cache = small_disk(3800 << 10)
+    with pytest.raises(StorageError) as failure:
+        pipeline.prepare(Config(**{**settings, "cache_dir": str(cache)}), verbose=False)
+    message = str(failure.value)
+    assert failure.value.exit_code == 5
+    assert message.startswith(f"cannot write {cache}/features/") and message.endswith(
+        ": disk full"), message
+    leftovers = [p for p in cache.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_leftovers_of_killed_processes_are_removed_at_the_next_start(
+    settings: dict, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.train.common import REPO_ROOT, subprocess_env
+
+    out, features = Path(settings["output_dir"]), Path(settings["cache_dir"]) / "features"
+    # a writer killed while a checkpoint, final/ and a features entry were half-written
+    code = ("import sys; from pathlib import Path; from squadft.io import make_temp_dir, "
+            "temp_name\nout, features = Path(sys.argv[1]), Path(sys.argv[2])\n"
+            "(out / temp_name('checkpoint-20')).mkdir(parents=True)\n"
+            "(out / temp_name('checkpoint-20') / 'model.safetensors').write_bytes(b'x' * 9)\n"
+            "(out / temp_name('final')).mkdir()\n"
+            "features.mkdir(parents=True); make_temp_dir(features, '0123abcd')\n"
+            "print('ready', flush=True); sys.stdin.readline()\n")
+    writer = subprocess.Popen([sys.executable, "-c", code, str(out), str(features)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              cwd=REPO_ROOT, env=subprocess_env())
+    assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(timeout=30)
+    left = sorted(p.name for p in [*out.iterdir(), *features.iterdir()])
+    assert len(left) == 3
+
+    result = CliRunner().invoke(app, ["train", *cli_flags({**settings, "max_steps": 1})])
+    assert result.exit_code == 0, result.output
+    for name in left:
+        assert f"removed {name}" not in result.output  # the full path is said
+        assert name in result.output and "left by an interrupted squadft process" in \
+            result.output
+    assert not [p for p in [*out.iterdir(), *features.iterdir()] if p.name.startswith(".")]

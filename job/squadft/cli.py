@@ -268,6 +268,8 @@ def evaluate(
         run = report.run_evaluation(cfg, model_dir=model, data_path=data, output_dir=target,
                                     settings=settings)
         if run.is_main:
+            for note in run.notes:
+                typer.echo(f"squadft: {note}", err=True)
             for warning in run.warnings:
                 typer.echo(f"squadft: warning: {warning}", err=True)
             typer.echo(report.format_metrics(run.metrics))

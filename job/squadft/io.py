@@ -1,4 +1,15 @@
-"""Small filesystem helpers: every write is atomic (temp file, fsync, rename)."""
+"""Small filesystem helpers: every write is atomic (temp file, fsync, rename).
+
+Temporary names. Everything squadft writes under a temporary name carries its writer in the
+name, `.<base>.[<random>.]<pid>-<start>@<host>.tmp` (`.old` for a directory moved aside
+while its replacement goes in), where <start> is the process start time from /proc (0 when
+unknown). A later run removes such leftovers (`remove_stale_temps`) only when the writer is
+gone: same host, and no process with that pid and start time. Anything else, including a temp
+name of another host on a shared filesystem, is left alone.
+
+Permissions. Files squadft writes get 0666 & ~umask, directories 0777 & ~umask, also where a
+library writes through `tempfile` (0600/0700): `apply_umask` fixes a finished directory.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +18,10 @@ import gzip
 import hashlib
 import json
 import os
+import re
+import shutil
+import socket
+import sys
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -21,9 +36,201 @@ _DISK_ERRNOS = {errno.ENOSPC: "disk full", errno.EROFS: "read-only file system",
                 errno.EPERM: "operation not permitted"}
 
 
-def describe_os_error(exc: OSError, path: str | os.PathLike[str]) -> str:
-    reason = _DISK_ERRNOS.get(exc.errno or -1, exc.strerror or str(exc))
-    return f"cannot write {path}: {reason}"
+# Write failures that come without an errno: numpy's "N requested and M written", torch.save's
+# "[enforce fail at inline_container.cc] ... file write failed" / "unexpected pos", or the
+# Rust "os error 28" of safetensors and tokenizers.
+_NO_SPACE_TEXT = re.compile(r"No space left on device|os error 28|StorageFull|ENOSPC|"
+                            r"Disk quota exceeded|os error 122", re.IGNORECASE)
+_WRITE_FAILED_TEXT = re.compile(r"requested and \d+ written|file write failed|unexpected pos|"
+                                r"write failed|failed writing|I/O error", re.IGNORECASE)
+# Less than this much free space after a failed write: the disk is full.
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def describe_os_error(exc: BaseException, path: str | os.PathLike[str]) -> str:
+    """`cannot write PATH: REASON` for a failed write (OSError or a library's own wording).
+
+    Call it before deleting what the failed write left behind: a full disk is recognised by
+    its free space when the error names no cause."""
+    return f"cannot write {path}: {write_failure_reason(exc, path)}"
+
+
+def write_failure_reason(exc: BaseException, path: str | os.PathLike[str]) -> str:
+    """"disk full", "permission denied"... for an exception raised while writing `path`."""
+    code = getattr(exc, "errno", None)
+    if isinstance(code, int) and code in _DISK_ERRNOS:
+        return _DISK_ERRNOS[code]
+    text = " ".join(str(exc).split())
+    if _NO_SPACE_TEXT.search(text):
+        return ("disk quota exceeded" if re.search(r"quota|os error 122", text, re.IGNORECASE)
+                else "disk full")
+    free = free_bytes(path)
+    if code is None and free is not None and free < _NEARLY_FULL_BYTES:
+        return "disk full"  # an errno-less failure on a disk with (almost) no room left
+    strerror = getattr(exc, "strerror", None)
+    return str(strerror) if strerror else (text or type(exc).__name__)
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    """An OSError, or a library error whose text says a write to disk failed."""
+    if isinstance(exc, OSError):
+        return True
+    text = str(exc)
+    return bool(_NO_SPACE_TEXT.search(text) or _WRITE_FAILED_TEXT.search(text))
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int | None:
+    """Bytes an unprivileged writer may still use on `path`'s filesystem (its nearest
+    existing parent), or None when that cannot be told."""
+    current = Path(path)
+    for candidate in (current, *current.parents):
+        try:
+            stats = os.statvfs(candidate)
+        except OSError:
+            continue
+        return stats.f_bavail * stats.f_frsize
+    return None
+
+
+class ErrorKeepingWriter:
+    """A file-like `write` that remembers the OSError it raised: torch.save turns a failed
+    write into "[enforce fail at inline_container.cc] ... unexpected pos", and numpy's
+    tofile into "N requested and M written", both without the errno; this keeps it. Also
+    makes numpy write in chunks through `write` instead of its errno-less tofile."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+# --- temporary names and their cleanup ----------------------------------------------------
+
+_TEMP_NAME = re.compile(r"^\.(?P<base>.+?)(?:\.[A-Za-z0-9_]+)?\.(?P<pid>\d+)-(?P<start>\d+)"
+                        r"@(?P<host>[^@/]+)\.(?P<kind>tmp|old)$")
+_DETERMINISTIC_NAME = re.compile(r"^\.(?P<base>.+)\.\d+-\d+@[^@/]+\.old$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "localhost"
+
+
+def process_start(pid: int) -> int | None:
+    """Start time of process `pid` in clock ticks since boot (Linux), else None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def writer_tag() -> str:
+    """`<pid>-<start>@<host>`: this process, as temporary names record it."""
+    pid = os.getpid()
+    return f"{pid}-{process_start(pid) or 0}@{_host()}"
+
+
+def temp_name(base: str, kind: str = "tmp") -> str:
+    """`.<base>.<writer tag>.<kind>`: a temporary name that `remove_stale_temps` knows."""
+    return f".{base}.{writer_tag()}.{kind}"
+
+
+def make_temp_dir(parent: str | os.PathLike[str], base: str) -> Path:
+    """A new directory `.<base>.<random>.<writer tag>.tmp` in `parent`, mode 0777 & ~umask."""
+    path = Path(tempfile.mkdtemp(prefix=f".{base}.", suffix=f".{writer_tag()}.tmp",
+                                 dir=parent))
+    os.chmod(path, 0o777 & ~current_umask())
+    return path
+
+
+def is_temp_name(name: str) -> bool:
+    """`name` is one of squadft's temporary names (whoever wrote it)."""
+    return _TEMP_NAME.match(name) is not None
+
+
+def writer_alive(name: str) -> bool:
+    """Whether the writer recorded in temporary name `name` may still be running (True for
+    names of other hosts, and for names that are not squadft's)."""
+    match = _TEMP_NAME.match(name)
+    if match is None or match["host"] != _host():
+        return True
+    pid, start = int(match["pid"]), int(match["start"])
+    if pid == os.getpid():
+        return start in (0, process_start(pid) or 0)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by someone else
+    except OSError:
+        return True
+    now = process_start(pid)
+    return not (start and now is not None and now != start)  # pid reused: the writer is gone
+
+
+def remove_stale_temps(directory: str | os.PathLike[str], *,
+                       recursive: bool = False) -> list[Path]:
+    """Remove the temporary files and directories that dead squadft processes of this host
+    left in `directory` (and its subdirectories with `recursive`); returns them. A directory
+    moved aside (`.NAME.<tag>.old`) whose replacement never arrived is moved back to NAME
+    instead. Two runs sweeping the same directory at once do no harm."""
+    directory = Path(directory)
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return []
+    removed: list[Path] = []
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        path = Path(entry.path)
+        if match is None:
+            if recursive and entry.is_dir(follow_symlinks=False):
+                removed.extend(remove_stale_temps(path, recursive=True))
+            continue
+        if writer_alive(entry.name):
+            continue
+        moved_aside = _DETERMINISTIC_NAME.match(entry.name)
+        if match["kind"] == "old" and moved_aside is not None:
+            original = directory / moved_aside["base"]
+            if not original.exists():
+                try:
+                    os.rename(path, original)
+                    continue
+                except OSError:
+                    pass
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            _unlink_quietly(str(path))
+        if os.path.lexists(path):
+            print(f"squadft: warning: cannot remove {path}, left by an interrupted squadft "
+                  "process", file=sys.stderr, flush=True)
+            continue
+        removed.append(path)
+    return removed
+
+
+def remove_temp_tree(path: str | os.PathLike[str]) -> None:
+    """Delete a temporary file or directory of our own, ignoring what is already gone."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        _unlink_quietly(str(path))
 
 
 @contextmanager
@@ -32,37 +239,63 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Bina
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{writer_tag()}.tmp",
+                                   dir=path.parent)
     except OSError as exc:
         raise StorageError(describe_os_error(exc, path)) from None
     try:
         # mkstemp creates 0600 files; give the final file the usual permissions (0666 - umask)
         # so other users and containers sharing the volume can read predictions and checkpoints.
-        os.fchmod(fd, 0o666 & ~_current_umask())
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as handle:
             yield handle  # type: ignore[misc]
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as exc:
+        message = describe_os_error(exc, path)  # before the unlink frees the space
         _unlink_quietly(tmp)
-        raise StorageError(describe_os_error(exc, path)) from None
+        raise StorageError(message) from None
     except BaseException:
         _unlink_quietly(tmp)
         raise
     fsync_dir(path.parent)
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (thread-safe)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
+def apply_umask(root: str | os.PathLike[str]) -> None:
+    """Give every file under `root` 0666 & ~umask and every directory (root included)
+    0777 & ~umask: libraries that write through `tempfile` (transformers' model.safetensors)
+    leave 0600 files a serving container running as another user cannot read."""
+    mask = current_umask()
+    root = Path(root)
+    os.chmod(root, 0o777 & ~mask)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), 0o777 & ~mask)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except OSError:
         pass
 
 
@@ -100,16 +333,65 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 8 << 20) -> str:
     return digest.hexdigest()
 
 
-def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
-    """Create `path` and prove it is writable now, before hours of work depend on it."""
+# --- blocks an exception from a signal handler must not cut in half --------------------------
+
+class _Interrupts:
+    depth = 0
+    pending: BaseException | None = None
+
+
+@contextmanager
+def uninterruptible() -> Iterator[None]:
+    """A block (renaming a set of files into place, say) that an exception raised from a signal
+    handler must not cut in half: such a handler calls `interrupt(exc)`, and inside this block
+    the exception is raised only when the block ends."""
+    _Interrupts.depth += 1
+    try:
+        yield
+    except BaseException:
+        _Interrupts.depth -= 1
+        if _Interrupts.depth == 0:
+            _Interrupts.pending = None  # the block's own error wins
+        raise
+    _Interrupts.depth -= 1
+    if _Interrupts.depth == 0 and _Interrupts.pending is not None:
+        pending, _Interrupts.pending = _Interrupts.pending, None
+        raise pending
+
+
+def interrupt(exc: BaseException) -> None:
+    """Raise `exc` now (from a signal handler), or at the end of the `uninterruptible` block
+    that is running."""
+    if _Interrupts.depth > 0:
+        _Interrupts.pending = _Interrupts.pending or exc
+        return
+    raise exc
+
+
+def ensure_writable_dir(path: str | os.PathLike[str], probe_bytes: int = 0) -> Path:
+    """Create `path` and prove it is writable now, before hours of work depend on it.
+
+    `probe_bytes` > 0 also writes (and fsyncs) that many bytes: an empty probe file still fits
+    on a full disk."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=f".{writer_tag()}.tmp",
+                                     dir=path)
     except OSError as exc:
         raise StorageError(describe_os_error(exc, path)) from None
+    try:
+        if probe_bytes > 0:
+            block = bytes(min(probe_bytes, 1 << 20))
+            left = probe_bytes
+            while left > 0:
+                left -= os.write(fd, block[:left])
+            os.fsync(fd)
+    except OSError as exc:
+        raise StorageError(describe_os_error(exc, path)) from None
+    finally:
+        os.close(fd)
+        _unlink_quietly(probe)
     return path
 
 

@@ -31,11 +31,22 @@ from squadft.evaluate.calibration import (
     InferenceSettings,
     resolve_null_threshold,
 )
-from squadft.io import ensure_writable_dir
+from squadft.io import ensure_writable_dir, remove_stale_temps, uninterruptible
 
 
 def say(message: str) -> None:
     print(f"squadft: {message}", flush=True)
+
+
+def remove_leftovers(*directories: Path, recursive: bool = False) -> None:
+    """Delete what interrupted squadft processes of this host left under temporary names
+    in `directories` (see squadft.io), and say so on stderr."""
+    import sys
+
+    for directory in directories:
+        for path in remove_stale_temps(directory, recursive=recursive):
+            print(f"squadft: removed {path}, left by an interrupted squadft process",
+                  file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -180,6 +191,9 @@ def prepare(cfg: Config, tokenizer: Any = None, *, splits: tuple[str, ...] = ("t
         # loaded only if some features must be built: a cached re-run never imports
         # transformers (and torch behind it)
         tokenizer = LazyTokenizer(cfg.model, load_tokenizer, cache_dir=cfg.cache_dir)
+    cache = Path(cfg.cache_dir)
+    remove_leftovers(cache / "features", cache / "examples")
+    remove_leftovers(cache / "downloads", recursive=True)
     wanted = splits + (("calibration",) if "train" in splits and cfg.calibration_file else ())
     fetched = pull(cfg, splits=wanted, verbose=verbose)
     specs = split_files(cfg)
@@ -254,16 +268,20 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
     from transformers.utils import logging as transformers_logging
 
     from squadft.modeling import check_window, load_model, load_tokenizer
-    from squadft.train.checkpoint import seed_everything
+    from squadft.train.checkpoint import check_resume_path, seed_everything
     from squadft.train.distributed import barrier, cleanup, setup_distributed
-    from squadft.train.loop import train_model
+    from squadft.train.loop import PreemptionWatcher, train_model
 
     transformers_logging.disable_progress_bar()  # "Writing model shards" at every checkpoint
     ctx = setup_distributed()
+    watcher = PreemptionWatcher()  # installed for training, kept through the evaluation
     try:
         output_dir = Path(cfg.output_dir)
         if ctx.is_main:
+            # a wrong --resume PATH fails before any work (sizes now, sha256 at the resume)
+            check_resume_path(cfg.resume, hashes=False)
             ensure_writable_dir(output_dir)  # fail now, not after hours of training
+            remove_leftovers(output_dir, output_dir / "final")
             cfg.save(output_dir)
         uploader = None
         if cfg.s3_uri and ctx.is_main and on_checkpoint is None:
@@ -293,11 +311,14 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
         if ctx.is_main:
             say(f"training {cfg.model} on {len(data.train.features):,} windows, "
                 f"{ctx.world_size} process(es) on {ctx.device.type}, output in {output_dir}")
+        watcher.install()
         try:
             result = train_model(cfg, model, tokenizer, data.train.features, ctx,
-                                 on_checkpoint=on_checkpoint, remote_finder=remote_finder)
+                                 on_checkpoint=on_checkpoint, remote_finder=remote_finder,
+                                 watcher=watcher)
             # final/ is on disk before calibration and evaluation start: a crash in either
             # loses no training, and final/ is uploaded (uncalibrated) even then
+            watcher.activity = "calibration"
             calibration = finish_model(cfg, model, data.calibration, ctx, result,
                                        on_checkpoint)
         except BaseException:
@@ -319,10 +340,12 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
                 f"{result.tokens_per_second:,.0f} tokens/s; "
                 f"model saved to {result.final_dir}")
         if cfg.do_eval and data.dev is not None:
+            watcher.activity = "final evaluation"
             evaluate(cfg, model, data.dev, ctx, result.steps, calibration)
         barrier(ctx)  # nobody tears the group down while a peer is still in a collective
         return result
     finally:
+        watcher.uninstall()
         cleanup(ctx)
 
 
@@ -345,9 +368,11 @@ def finish_model(cfg: Config, model: Any, calibration_split: PreparedSplit | Non
     finally:
         if ctx.is_main and result.final_dir is not None:
             settings = InferenceSettings.from_config(cfg, calibration)
-            add_to_final(result.final_dir, INFERENCE_FILE, settings.to_json(), result.steps)
-            if on_checkpoint is not None:
-                on_checkpoint(Path(result.final_dir))
+            with uninterruptible():  # a SIGTERM now stops the job right after this
+                add_to_final(result.final_dir, INFERENCE_FILE, settings.to_json(),
+                             result.steps)
+                if on_checkpoint is not None:
+                    on_checkpoint(Path(result.final_dir))
     return calibration
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +30,7 @@ from squadft.data.features import (
     tokenizer_fingerprint,
 )
 from squadft.data.squad import CachedExamples, Example, ParseReport, load_squad_cached
-from squadft.errors import ConfigError
+from squadft.errors import EXIT_STORAGE, ConfigError, StorageError
 from squadft.io import sha256_file
 from squadft.modeling import load_tokenizer
 
@@ -613,3 +615,32 @@ def test_a_cached_run_reads_neither_the_json_nor_the_tokenizer(
         examples[:300], bert_tokenizer, cache_dir=cache, data_key=f"{sha}:300", **SMALL)
     assert hit
     _assert_same(features, build_features(train_parsed[0][:300], bert_tokenizer, **SMALL)[0])
+
+
+def test_a_full_cache_disk_says_disk_full_and_leaves_no_temporary_dir(
+    small_disk, train_parsed: tuple[list[Example], ParseReport], bert_tokenizer: Any
+) -> None:
+    """numpy alone would say "N requested and M written"."""
+    cache = small_disk(64 << 10)  # the arrays of 300 questions need ~10 times that
+    examples = train_parsed[0][:300]
+    with pytest.raises(StorageError) as failure:
+        load_or_build_features(examples, bert_tokenizer, cache_dir=cache, data_key="k", **SMALL)
+    key = features_cache_key(examples, bert_tokenizer, data_key="k", **SMALL)
+    assert failure.value.exit_code == EXIT_STORAGE
+    assert str(failure.value) == f"cannot write {cache / 'features' / key}: disk full"
+    assert os.listdir(cache / "features") == []
+
+
+def test_the_features_cache_follows_the_umask(
+    tmp_path: Path, train_parsed: tuple[list[Example], ParseReport], bert_tokenizer: Any
+) -> None:
+    """mkdtemp makes 0700 directories: a cache shared by several users must stay readable."""
+    old = os.umask(0o022)
+    try:
+        load_or_build_features(train_parsed[0][:20], bert_tokenizer, cache_dir=tmp_path,
+                               data_key="k", **SMALL)
+    finally:
+        os.umask(old)
+    (entry,) = (tmp_path / "features").iterdir()
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in entry.iterdir()} == {0o644}

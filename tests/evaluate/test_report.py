@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
+import os
+import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ from squadft.evaluate.report import (
 from typer.testing import CliRunner
 
 from tests.conftest import DEV_SAMPLE
+from tests.helpers import fill_disk
 
 runner = CliRunner()
 
@@ -379,3 +384,136 @@ def test_predict_defaults_to_the_models_calibrated_threshold(tiny_model_dir: Pat
     assert record["best_span"] in CONTEXT and record["best_span"]
     given = json.loads(runner.invoke(app, [*args, "--null-threshold", "1e9"]).stdout)
     assert given["answer"] == record["best_span"]
+
+
+# --- the output set: whole or not at all, checked before inference, umask --------------------
+
+EVAL_FLAGS = ["--max-seq-length", "128", "--doc-stride", "48", "--precision", "fp32",
+              "--batch-size", "32"]
+
+
+def _evaluate(model: Path, out: Path, *flags: str) -> Any:
+    return runner.invoke(app, ["evaluate", "--model", str(model), "--data", str(DEV_SAMPLE),
+                               "--output-dir", str(out), *EVAL_FLAGS, *flags])
+
+
+def _contents(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_a_full_disk_during_evaluate_leaves_the_previous_outputs_whole(
+    small_disk, tiny_model_dir: Path
+) -> None:
+    disk = small_disk(4 << 20)
+    out = disk / "evaluate"
+    first = _evaluate(tiny_model_dir, out, "--max-eval-samples", "300")
+    assert first.exit_code == 0, first.output
+    before = _contents(out)
+    assert set(before) == {"predictions.json", "na_probs.json", "nbest_predictions.json",
+                           "eval_results.json"}
+    size = sum(len(data) for data in before.values())
+    # room for the pre-inference probe and for some files, not for the whole new set
+    free = fill_disk(disk, size // 3)
+    assert 64 << 10 < free < size, (free, size)
+
+    second = _evaluate(tiny_model_dir, out, "--max-eval-samples", "300",
+                       "--null-threshold=-1e9")  # different predictions, if it got through
+    assert second.exit_code == 5, second.output
+    last = second.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"squadft: error: cannot write {re.escape(str(out))}/"
+                        r"(predictions|na_probs|nbest_predictions|eval_results)\.json: disk full",
+                        last), last
+    assert _contents(out) == before  # no new predictions.json next to the old eval_results
+    assert sorted(os.listdir(disk)) == ["evaluate", "filler"]  # no staging directory left
+
+
+def test_evaluate_checks_the_output_folder_before_inference(
+    small_disk, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from squadft.evaluate import report
+
+    def no_inference(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("inference started")
+
+    monkeypatch.setattr(report, "decode", no_inference)
+    monkeypatch.setattr(report, "load_gold", no_inference)  # not even the data is read
+    disk = small_disk(256 << 10)
+    assert fill_disk(disk, 0) == 0  # an empty file still fits: the probe writes bytes
+    result = _evaluate(tiny_model_dir, disk / "evaluate", "--max-eval-samples", "20")
+    assert result.exit_code == 5, result.output
+    assert result.stderr.strip() == (
+        f"squadft: error: cannot write {disk / 'evaluate'}: disk full")
+
+
+def test_evaluate_prints_the_parse_report_its_warnings_refer_to(
+    tiny_model_dir: Path, dev_json: dict[str, Any], tmp_path: Path
+) -> None:
+    data = copy.deepcopy(dev_json)
+    qa = next(q for q in data["data"][0]["paragraphs"][0]["qas"] if q["answers"])
+    for answer in qa["answers"]:
+        answer["text"] = "words that are nowhere in the paragraph"
+    path = _write(tmp_path / "dev.json", data)
+    result = runner.invoke(app, ["evaluate", "--model", str(tiny_model_dir), "--data",
+                                 f"{path}[0:1]", "--output-dir", str(tmp_path / "ev"),
+                                 *EVAL_FLAGS])
+    assert result.exit_code == 0, result.output
+    report_line = next(line for line in result.stderr.splitlines()
+                       if line.startswith("squadft: data: "))
+    assert f"{path}: SQuAD 2.0" in report_line and "1 examples dropped" in report_line
+    assert f"1 questions of {path}[0:1] could not be parsed" in result.stderr
+
+
+def _set_of(texts: dict[str, str]) -> tuple[dict[str, str], Any]:
+    from squadft.evaluate.postprocess import PostprocessResult
+
+    diffs = {qid: -1.0 for qid in texts}
+    return dict(texts), PostprocessResult(dict(texts), dict(texts), diffs, 0.0)
+
+
+def test_the_output_set_is_swapped_in_whole_or_renamed_after_the_old_one_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from squadft.evaluate import report
+
+    old_umask = os.umask(0o022)
+    try:
+        # a folder of its own: one rename(2) exchange, the folder is a new inode
+        own = tmp_path / "evaluate"
+        report.write_prediction_files(own, *_set_of({"q1": "old"}), {"exact": 1.0})
+        inode = own.stat().st_ino
+        report.write_prediction_files(own, *_set_of({"q1": "new"}))  # no metrics this time
+        assert own.stat().st_ino != inode
+        assert sorted(os.listdir(own)) == ["na_probs.json", "nbest_predictions.json",
+                                           "predictions.json"]  # no stale eval_results.json
+        assert json.loads((own / "predictions.json").read_text()) == {"q1": "new"}
+        assert stat.S_IMODE(own.stat().st_mode) == 0o755
+        assert {stat.S_IMODE(p.stat().st_mode) for p in own.iterdir()} == {0o644}
+
+        # without RENAME_EXCHANGE (NFS, old kernels): renamed aside, then in
+        monkeypatch.setattr(report, "_exchange", lambda first, second: False)
+        report.write_prediction_files(own, *_set_of({"q1": "newer"}), {"exact": 0.0})
+        assert json.loads((own / "eval_results.json").read_text()) == {"exact": 0.0}
+        assert sorted(os.listdir(tmp_path)) == ["evaluate"]
+
+        # a shared folder (the training run directory): file by file, nothing else touched
+        run = tmp_path / "run"
+        (run / "checkpoint-3").mkdir(parents=True)
+        (run / "metrics.jsonl").write_text("{}\n")
+        report.write_prediction_files(run, *_set_of({"q1": "old"}), {"exact": 1.0})
+        inode = run.stat().st_ino
+        report.write_prediction_files(run, *_set_of({"q1": "new"}))
+        assert run.stat().st_ino == inode
+        assert sorted(os.listdir(run)) == ["checkpoint-3", "metrics.jsonl", "na_probs.json",
+                                           "nbest_predictions.json", "predictions.json"]
+        assert json.loads((run / "na_probs.json").read_text()) == {"q1": pytest.approx(0.2689,
+                                                                                       abs=1e-4)}
+
+        # the working directory is never swapped away from under the shell
+        here = tmp_path / "here"
+        here.mkdir()
+        monkeypatch.chdir(here)
+        report.write_prediction_files(Path("."), *_set_of({"q1": "x"}))
+        assert here.stat().st_ino == Path.cwd().stat().st_ino
+        assert (here / "predictions.json").is_file()
+    finally:
+        os.umask(old_umask)

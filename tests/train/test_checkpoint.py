@@ -1,24 +1,33 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from squadft.errors import ConfigError
+from squadft.config import Config
+from squadft.errors import EXIT_STORAGE, ConfigError, StorageError
 from squadft.train.checkpoint import (
     MANIFEST_FORMAT,
+    TrainerState,
+    check_resume_path,
     find_latest_checkpoint,
     read_manifest,
     resolve_resume,
     rng_state,
     rotate_checkpoints,
+    save_checkpoint,
+    save_final,
     set_rng_state,
     verify_manifest,
     write_manifest,
 )
+
+from tests.helpers import make_tiny_model
 
 
 def fake_checkpoint(output_dir: Path, step: int, *, manifest: bool = True) -> Path:
@@ -124,3 +133,85 @@ def test_rng_state_round_trip_through_a_safe_torch_load(tmp_path: Path) -> None:
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     again = (random.random(), np.random.rand(), torch.rand(3))
     assert expected[:2] == again[:2] and torch.equal(expected[2], again[2])
+
+
+def _save(output_dir: Path, step: int) -> Path:
+    """A real checkpoint of the tiny model (~4 MB of weights, ~12 MB with Adam's moments)."""
+    model = make_tiny_model(vocab_size=30522)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(input_ids=torch.ones(1, 4, dtype=torch.long)).start_logits.sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    return save_checkpoint(output_dir, model=model, tokenizer=None, optimizer=optimizer,
+                           scheduler=scheduler, scaler=None, state=TrainerState(step=step),
+                           cfg=Config(), rng_states=[rng_state()])
+
+
+def test_disk_full_during_a_checkpoint_is_exit_5_and_leaves_no_temporary_dir(
+    small_disk, tmp_path: Path
+) -> None:
+    """safetensors, torch.save and json each fail in their own words on a full disk: the
+    error is one StorageError naming the checkpoint and "disk full"; the temp dir is gone."""
+    disk = small_disk(2 << 20)  # smaller than the tiny model alone
+    with pytest.raises(StorageError) as failure:
+        _save(disk, 3)
+    message = str(failure.value)
+    assert failure.value.exit_code == EXIT_STORAGE
+    assert message == f"cannot write checkpoint {disk / 'checkpoint-3'}: disk full"
+    assert os.listdir(disk) == []  # no .checkpoint-3.<pid>...tmp keeps the disk full
+
+    # torch.save's own wording ("unexpected pos" / "file write failed"), weights already in
+    roomy = small_disk(5 << 20)  # the model fits, the optimizer state does not
+    with pytest.raises(StorageError, match=r"checkpoint-4: disk full$"):
+        _save(roomy, 4)
+    assert os.listdir(roomy) == []
+
+
+def test_a_failed_save_keeps_the_previous_copy(small_disk, tmp_path: Path) -> None:
+    disk = small_disk(16 << 20)
+    first = _save(disk, 5)
+    before = (first / "manifest.json").read_bytes()
+    (disk / "filler").write_bytes(bytes(os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+                                        - (1 << 20)))
+    with pytest.raises(StorageError, match="disk full"):
+        _save(disk, 5)  # the same step again: the old copy must survive
+    assert (first / "manifest.json").read_bytes() == before and verify_manifest(first)
+    assert sorted(os.listdir(disk)) == ["checkpoint-5", "filler"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_checkpoint_and_final_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    """transformers writes model.safetensors through tempfile (0600): a serving container
+    running as another user could not read it."""
+    old = os.umask(umask)
+    try:
+        checkpoint = _save(tmp_path / "run", 2)
+        final = save_final(tmp_path / "run", make_tiny_model(vocab_size=100), None, Config(), 2)
+    finally:
+        os.umask(old)
+    for directory in (checkpoint, final):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o777 & ~umask
+        for path in directory.iterdir():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
+        assert (directory / "model.safetensors").is_file()
+
+
+def test_resume_path_is_checked_without_loading_anything(tmp_path: Path) -> None:
+    good = fake_checkpoint(tmp_path, 4)
+    assert check_resume_path(str(good)) == good
+    assert check_resume_path(f"file://{good}") == good
+    for spec in ("auto", "never", "s3://bucket/run/checkpoint-4"):
+        assert check_resume_path(spec) is None
+    data = bytearray((good / "model.safetensors").read_bytes())
+    data[0] ^= 1
+    (good / "model.safetensors").write_bytes(bytes(data))
+    assert check_resume_path(str(good), hashes=False) == good  # sizes only: fast, before work
+    with pytest.raises(ConfigError, match="does not match its sha256"):
+        check_resume_path(str(good))
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "file").write_text("")
+    for path, problem in ((tmp_path / "missing", "does not exist"),
+                          (tmp_path / "file", "is not a directory"),
+                          (tmp_path / "plain", "is not a squadft checkpoint")):
+        with pytest.raises(ConfigError, match=problem):
+            check_resume_path(str(path))

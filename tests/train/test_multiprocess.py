@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -172,8 +173,6 @@ def test_sigusr1_on_one_rank_stops_every_rank_at_the_same_step(tiny_settings: An
                       json.dumps(settings), str(dump)], tmp_path / "torchrun.log")
     wait_for(lambda: len(read_metrics(out)) >= 3 and (dump / "pid-1").is_file(), 120,
              "3 logged steps", launcher)
-    import os
-
     os.kill(int((dump / "pid-1").read_text()), signal.SIGUSR1)  # rank 1 only
     launcher.wait(timeout=120)
     outcomes = [json.loads((dump / f"outcome-{r}.json").read_text()) for r in (0, 1)]
@@ -182,3 +181,85 @@ def test_sigusr1_on_one_rank_stops_every_rank_at_the_same_step(tiny_settings: An
     assert steps == {int(checkpoint.name.split("-")[1])}
     assert verify_manifest(checkpoint)
     assert (checkpoint / "rng_state_1.pt").is_file()
+
+
+def _log_has(log: Path, text: str) -> bool:
+    return log.is_file() and text in log.read_text()
+
+
+def test_sigterm_during_the_final_evaluation_exits_75_and_a_requeue_only_evaluates(
+    tiny_settings: Any, tmp_path: Path
+) -> None:
+    """final/ is saved when the evaluation starts: the job is requeueable, not killed (143).
+    The whole dev sample (4,449 questions) keeps the evaluation running for seconds."""
+    settings = tiny_settings("eval-preempted", max_steps=3, do_eval=True, max_eval_samples=None)
+    out = Path(settings["output_dir"])
+    log = tmp_path / "eval-preempted.log"
+    process = start(squadft_command(settings), log)
+    wait_for(lambda: _log_has(log, "squadft: trained 3 steps"), 240, "the end of training",
+             process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == EXIT_PREEMPTED, log.read_text()[-3000:]
+    text = log.read_text()
+    assert (f"squadft: error: stopped by SIGTERM during the final evaluation after training: "
+            f"final/ ({out / 'final'}) is saved at step 3; exit 75 means requeue") in text
+    assert verify_manifest(out / "final") and not (out / "eval_results.json").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left
+
+    resumed = run(squadft_command(settings), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {out / 'checkpoint-3'} (step 3/3)" in resumed.stderr
+    assert "training is already complete at step 3" in resumed.stderr
+    assert [m["step"] for m in read_metrics(out)] == [1, 2, 3]  # no step trained again
+    assert json.loads((out / "eval_results.json").read_text())["total"] == 4449
+
+
+def test_two_signals_during_training_exit_143_and_never_mention_exit_75(
+    tiny_settings: Any, tmp_path: Path
+) -> None:
+    settings = tiny_settings("twice", max_steps=100_000)
+    out = Path(settings["output_dir"])
+    log = tmp_path / "twice.log"
+    process = start(squadft_command(settings), log)
+    wait_for(lambda: len(read_metrics(out)) >= 2, 120, "2 logged steps", process)
+    # stopped, both signals pend and arrive together: the first asks for a checkpoint, the
+    # second means "now"
+    process.send_signal(signal.SIGSTOP)
+    process.send_signal(signal.SIGUSR1)
+    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGCONT)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    text = log.read_text()
+    assert "received SIGUSR1: finishing the current step" in text
+    assert "second SIGTERM: exiting at once with 143, without a checkpoint" in text
+    assert "exit 75" not in text and "75" not in text.split("second SIGTERM")[1]
+    assert not list(out.glob("checkpoint-*"))
+
+
+def test_a_second_signal_while_stopping_still_exits_75(tiny_settings: Any,
+                                                        tmp_path: Path) -> None:
+    settings = tiny_settings("stopping", max_steps=2, do_eval=True, max_eval_samples=None)
+    out = Path(settings["output_dir"])
+    log = tmp_path / "stopping.log"
+    process = start(squadft_command(settings), log)
+    wait_for(lambda: _log_has(log, "squadft: trained 2 steps"), 240, "the end of training",
+             process)
+    process.send_signal(signal.SIGSTOP)
+    process.send_signal(signal.SIGUSR1)  # stops the evaluation: Preempted, exit 75 ...
+    process.send_signal(signal.SIGTERM)  # ... which a second signal must not turn into 143
+    process.send_signal(signal.SIGCONT)
+    assert process.wait(timeout=120) == EXIT_PREEMPTED, log.read_text()[-3000:]
+    assert "SIGTERM again: already stopping after a checkpoint; exit 75 now" in log.read_text()
+    assert verify_manifest(out / "final")
+
+
+def test_disk_full_at_a_checkpoint_is_exit_5_naming_it_and_leaves_no_temporary_dir(
+    tiny_settings: Any, small_disk
+) -> None:
+    disk = small_disk(2 << 20)  # room for the run's small files, not for the ~4 MB model
+    settings = tiny_settings(max_steps=4, save_steps=1, output_dir=str(disk / "run"))
+    done = run(squadft_command(settings))
+    assert done.returncode == 5, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"squadft: error: cannot write checkpoint {disk / 'run' / 'checkpoint-1'}: disk full")
+    assert sorted(os.listdir(disk / "run")) == ["metrics.jsonl", "squadft_config.json"]

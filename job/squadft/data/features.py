@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,7 +39,14 @@ import numpy as np
 
 from squadft.data.squad import PARSER_VERSION, CachedExamples, Example
 from squadft.errors import ConfigError, StorageError
-from squadft.io import atomic_write_json, describe_os_error, fsync_dir, sha256_file
+from squadft.io import (
+    ErrorKeepingWriter,
+    atomic_write_json,
+    describe_os_error,
+    fsync_dir,
+    make_temp_dir,
+    sha256_file,
+)
 
 # Bump when the stored arrays or the labelling rules change: old caches then miss.
 FEATURES_FORMAT_VERSION = 2
@@ -853,7 +859,7 @@ def _store(features: Features, report: FeatureReport, root: Path, final: Path, k
            num_examples: int, examples_fingerprint: str) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
+        temp = make_temp_dir(root, key)  # 0777 & ~umask: a shared cache stays readable
     except OSError as exc:
         raise StorageError(describe_os_error(exc, root)) from None
     try:
@@ -863,7 +869,10 @@ def _store(features: Features, report: FeatureReport, root: Path, final: Path, k
             if array is None:
                 continue
             with open(temp / f"{name}.npy", "wb") as handle:
-                np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+                # through `write`: numpy's own tofile loses the errno ("N requested and M
+                # written"), and a full disk must be called one
+                np.save(ErrorKeepingWriter(handle), np.ascontiguousarray(array),
+                        allow_pickle=False)
                 handle.flush()
                 os.fsync(handle.fileno())
             shapes[name] = {"shape": list(array.shape), "dtype": str(array.dtype)}
@@ -888,8 +897,11 @@ def _store(features: Features, report: FeatureReport, root: Path, final: Path, k
             shutil.rmtree(temp, ignore_errors=True)
         fsync_dir(root)
     except OSError as exc:
+        # numpy says "N requested and M written" on a full disk: the reason is told from the
+        # free space, so before the partial arrays are deleted
+        message = describe_os_error(exc, final)
         shutil.rmtree(temp, ignore_errors=True)
-        raise StorageError(describe_os_error(exc, final)) from None
+        raise StorageError(message) from None
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise

@@ -14,21 +14,29 @@ Files written by `evaluate_model` (atomically) into its output directory:
                           are the official script's oracle, tuned on these same questions;
                           plus null_threshold, null_threshold_kind/_source (how it was chosen)
                           and always_no_answer_exact/_f1 (the baseline to beat).
+
+These files are one set, replaced as a whole or not at all (see `write_prediction_files`), and
+the output directory is checked (created, a probe written) before inference starts.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import math
+import os
+import shutil
+import stat
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from squadft.config import Config
 from squadft.data.selection import FileSpec, parse_file_spec, select_raw_articles
-from squadft.errors import ConfigError, DataError
+from squadft.errors import ConfigError, DataError, StorageError
 from squadft.evaluate.calibration import (
     INFERENCE_FILE,
     Calibration,
@@ -44,7 +52,19 @@ from squadft.evaluate.postprocess import (
     sigmoid,
 )
 from squadft.evaluate.squad_metrics import check_predictions, evaluate_predictions
-from squadft.io import atomic_open, atomic_write_json, ensure_writable_dir, read_json_file
+from squadft.io import (
+    atomic_open,
+    describe_os_error,
+    ensure_writable_dir,
+    fsync_dir,
+    is_temp_name,
+    make_temp_dir,
+    read_json_file,
+    remove_stale_temps,
+    remove_temp_tree,
+    temp_name,
+    uninterruptible,
+)
 
 V2_VERSIONS = frozenset({"v2.0", "2.0"})
 
@@ -204,32 +224,180 @@ def score_files(
 
 # --- writing ------------------------------------------------------------------------------------
 
+OUTPUT_FILES = {"predictions": "predictions.json", "na_probs": "na_probs.json",
+                "nbest": "nbest_predictions.json", "results": "eval_results.json"}
+# Before inference: the output directory is created and this much is written to it (an empty
+# probe file still fits on a full disk).
+OUTPUT_PROBE_BYTES = 64 << 10
+
+
+def check_output_dir(output_dir: str | Path) -> Path:
+    """Fail now (StorageError, exit 5) when the outputs could not be written: a missing parent
+    that cannot be created, no permission, a full disk. Call it before inference."""
+    return ensure_writable_dir(output_dir, probe_bytes=OUTPUT_PROBE_BYTES)
+
+
 def write_prediction_files(
     output_dir: str | Path,
     predictions: Mapping[str, str],
     result: PostprocessResult,
     metrics: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """predictions.json, na_probs.json, nbest_predictions.json (+ eval_results.json), atomically."""
-    output_dir = Path(output_dir)
-    paths = {
-        "predictions": output_dir / "predictions.json",
-        "na_probs": output_dir / "na_probs.json",
-        "nbest": output_dir / "nbest_predictions.json",
+    """predictions.json, na_probs.json, nbest_predictions.json (+ eval_results.json with
+    `metrics`): one set, replaced as a whole or not at all.
+
+    1. Stage: every file is written and fsynced into a new temporary directory (a squadft temp
+       name, see squadft.io) on the same filesystem. Any failure here (disk full, quota,
+       permissions) removes it, and the previous set stays exactly as it was.
+    2. Commit, without an allocation that could fail half-way and without an interruption by
+       SIGTERM (`io.uninterruptible`):
+       - a directory of its own (it holds nothing but these files, as `squadft evaluate`'s
+         <output_dir>/evaluate does): the staging directory was made beside it and takes its
+         place in one atomic rename(2) exchange (RENAME_EXCHANGE; where the filesystem lacks
+         it, the old directory is renamed aside first, so that for an instant there is no
+         directory). A reader sees the old set or the new one.
+       - a shared directory (the training run directory): the staging directory is inside it;
+         the old set's files are unlinked first (eval_results.json first), then the new ones
+         renamed in (eval_results.json last). A reader may catch an incomplete set, whose
+         eval_results.json is then missing, never old files next to new ones.
+    A process killed in the middle leaves its staging directory, which a later squadft run
+    removes (see `remove_stale_temps`).
+    """
+    output_dir = Path(os.path.abspath(output_dir))
+    writers: dict[str, Callable[[BinaryIO], None]] = {
+        "predictions": lambda handle: _write_json(handle, dict(predictions)),
+        "na_probs": lambda handle: _write_json(handle, result.na_probs()),
+        "nbest": lambda handle: _write_nbest(handle, result),
     }
-    atomic_write_json(paths["predictions"], dict(predictions))
-    atomic_write_json(paths["na_probs"], result.na_probs())
-    with atomic_open(paths["nbest"], "wb") as handle:
-        # Written in pieces: the full dev set's n-best lists are ~100 MB as one string.
-        handle.write(b"{\n")
-        for i, (qid, candidates) in enumerate(nbest_json_arrays(result.nbest)):
-            entry = json.dumps(qid) + ": " + candidates
-            handle.write(((",\n" if i else "") + entry).encode("utf-8"))
-        handle.write(b"\n}\n")
     if metrics is not None:
-        paths["results"] = output_dir / "eval_results.json"
-        atomic_write_json(paths["results"], _json_safe(metrics))
-    return paths
+        writers["results"] = lambda handle: _write_json(handle, _json_safe(metrics))
+    staging, swap = _staging_dir(output_dir)
+    current = output_dir
+    try:
+        for name, write in writers.items():
+            current = output_dir / OUTPUT_FILES[name]  # named in an error: not the temp dir
+            with open(staging / OUTPUT_FILES[name], "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+        current = output_dir
+        fsync_dir(staging)
+        with uninterruptible():
+            if swap:
+                _swap_directory(staging, output_dir)
+            else:
+                _replace_files(staging, output_dir, [OUTPUT_FILES[n] for n in writers])
+    except OSError as exc:
+        message = describe_os_error(exc, current)  # before the staged files free the space
+        remove_temp_tree(staging)
+        raise StorageError(message) from None
+    except BaseException:
+        remove_temp_tree(staging)
+        raise
+    return {name: output_dir / OUTPUT_FILES[name] for name in writers}
+
+
+def _write_json(handle: BinaryIO, obj: Any) -> None:
+    handle.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def _write_nbest(handle: BinaryIO, result: PostprocessResult) -> None:
+    # Written in pieces: the full dev set's n-best lists are ~100 MB as one string.
+    handle.write(b"{\n")
+    for i, (qid, candidates) in enumerate(nbest_json_arrays(result.nbest)):
+        entry = json.dumps(qid) + ": " + candidates
+        handle.write(((",\n" if i else "") + entry).encode("utf-8"))
+    handle.write(b"\n}\n")
+
+
+def _holds_only_outputs(directory: Path) -> bool:
+    """`directory` is missing, or a plain directory (no symlink, no mount point, not the
+    working directory) holding nothing but output files and squadft temporary names."""
+    if not directory.exists():
+        return not directory.is_symlink()
+    if directory.is_symlink() or not directory.is_dir() or os.path.ismount(directory):
+        return False
+    if directory.resolve() == Path.cwd().resolve():
+        return False  # swapped away, it would leave the shell in a deleted directory
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return False
+    allowed = set(OUTPUT_FILES.values())
+    return all(name in allowed or is_temp_name(name) for name in entries)
+
+
+def _staging_dir(output_dir: Path) -> tuple[Path, bool]:
+    """(a new staging directory, whether it is swapped in whole): beside a directory of its
+    own, else inside it."""
+    if _holds_only_outputs(output_dir):
+        try:
+            output_dir.parent.mkdir(parents=True, exist_ok=True)
+            staging = make_temp_dir(output_dir.parent, output_dir.name)
+        except OSError:
+            pass  # the parent is not ours to write: stage inside the directory instead
+        else:
+            try:
+                os.chmod(staging, stat.S_IMODE(output_dir.stat().st_mode))
+            except OSError:
+                pass
+            return staging, True
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        return make_temp_dir(output_dir, "evaluate"), False
+    except OSError as exc:
+        raise StorageError(describe_os_error(exc, output_dir)) from None
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where the system or
+    the filesystem cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second),
+                 _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def _swap_directory(staging: Path, output_dir: Path) -> None:
+    """Put `staging` where `output_dir` is, in one step where the filesystem allows it."""
+    if not output_dir.exists():
+        os.rename(staging, output_dir)
+    elif _exchange(staging, output_dir):
+        remove_temp_tree(staging)  # now holds the old set
+    else:
+        aside = output_dir.with_name(temp_name(output_dir.name, "old"))
+        os.rename(output_dir, aside)
+        try:
+            os.rename(staging, output_dir)
+        except BaseException:
+            os.rename(aside, output_dir)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+    fsync_dir(output_dir.parent)
+
+
+def _replace_files(staging: Path, output_dir: Path, names: list[str]) -> None:
+    """Old set out (eval_results.json first), new set in (eval_results.json last)."""
+    results = OUTPUT_FILES["results"]
+    for name in sorted(OUTPUT_FILES.values(), key=lambda n: n != results):
+        (output_dir / name).unlink(missing_ok=True)
+    for name in sorted(names, key=lambda n: n == results):
+        os.rename(staging / name, output_dir / name)
+    fsync_dir(output_dir)
+    remove_temp_tree(staging)
 
 
 def _json_safe(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -329,7 +497,7 @@ def evaluate_model(
     """
     if _distributed_rank() == 0:
         # fail before inference, not after it, when the outputs cannot be written
-        ensure_writable_dir(output_dir)
+        check_output_dir(output_dir)
     result, timings = decode(model, examples, features, cfg=cfg, device=device)
     metrics: dict[str, Any] | None = None
     if result is not None:
@@ -386,6 +554,7 @@ class EvaluationRun:
     warnings: list[str]
     output_dir: Path
     is_main: bool  # False on ranks > 0 of a distributed run (they print nothing)
+    notes: list[str] = field(default_factory=list)  # the parse report, leftovers removed
 
 
 def model_settings(model_dir: str | Path) -> InferenceSettings | None:
@@ -407,14 +576,26 @@ def run_evaluation(
     from squadft.data.selection import select_articles
     from squadft.data.squad import load_squad
     from squadft.modeling import check_window, load_model, load_tokenizer
-    from squadft.train.distributed import barrier, cleanup, setup_distributed
+    from squadft.train.distributed import barrier, cleanup, detect_launch, setup_distributed
 
     spec = parse_file_spec(data_path)
     path = spec.name
     threshold = resolve_null_threshold(
         cfg.null_threshold, settings.calibration if settings is not None else None)
+    tokenizer = load_tokenizer(model_dir)
+    check_window(model_dir, tokenizer, max_seq_length=cfg.max_seq_length,
+                 doc_stride=cfg.doc_stride, max_query_length=cfg.max_query_length)
+    output_dir = Path(output_dir)
+    notes = []
+    if detect_launch().rank == 0:
+        # before anything slow: an output folder that cannot take the files fails now
+        check_output_dir(output_dir)
+        for directory in (output_dir.parent, output_dir):
+            notes.extend(f"removed {leftover}, left by an interrupted squadft process"
+                         for leftover in remove_stale_temps(directory))
     gold = load_gold(path, spec)
     examples, report = load_squad(path)
+    notes.append(f"data: {report.summary()}")  # the parse report the warnings refer to
     examples = select_articles(examples, spec, report.articles)
     limited = cfg.max_eval_samples is not None
     if limited:
@@ -423,9 +604,6 @@ def run_evaluation(
     if settings is None:
         warnings.append(f"{model_dir} has no {INFERENCE_FILE}: using the flags and defaults "
                         f"(max_seq_length {cfg.max_seq_length}, doc_stride {cfg.doc_stride})")
-    tokenizer = load_tokenizer(model_dir)
-    check_window(model_dir, tokenizer, max_seq_length=cfg.max_seq_length,
-                 doc_stride=cfg.doc_stride, max_query_length=cfg.max_query_length)
     features, _ = build_features(examples, tokenizer, max_seq_length=cfg.max_seq_length,
                                  doc_stride=cfg.doc_stride, max_query_length=cfg.max_query_length)
     ctx = setup_distributed()
@@ -436,7 +614,7 @@ def run_evaluation(
         barrier(ctx)  # nobody tears the group down while a peer is still in a collective
     finally:
         cleanup(ctx)
-    return EvaluationRun(metrics, warnings, Path(output_dir), ctx.is_main)
+    return EvaluationRun(metrics, warnings, output_dir, ctx.is_main, notes)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -45,7 +44,7 @@ from squadft.errors import (
     SquadftError,
     StorageError,
 )
-from squadft.io import fsync_dir
+from squadft.io import describe_os_error, fsync_dir, make_temp_dir
 from squadft.storage.manifest import (
     MANIFEST_NAME,
     FileDigest,
@@ -814,8 +813,8 @@ def download_directory(client: Any, location: S3Location, destination: str | os.
         raise StorageError(f"cannot download {location.uri}: {len(missing)} files of the "
                            f"manifest are missing, e.g. {missing[0]}")
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.download-",
-                                    dir=destination.parent))
+    # squadft's temp names: a later run removes them if this process is killed
+    staging = make_temp_dir(destination.parent, f"{destination.name}.download")
     try:
         download_files(client, location, manifest.files, staging, settings)
         with open(staging / MANIFEST_NAME, "wb") as handle:
@@ -824,15 +823,15 @@ def download_directory(client: Any, location: S3Location, destination: str | os.
             os.fsync(handle.fileno())
         fsync_dir(staging)
         if destination.exists():
-            stale = Path(tempfile.mkdtemp(prefix=f".{destination.name}.stale-",
-                                          dir=destination.parent))
+            stale = make_temp_dir(destination.parent, f"{destination.name}.stale")
             os.replace(destination, stale / destination.name)
             shutil.rmtree(stale, ignore_errors=True)
         os.replace(staging, destination)
         fsync_dir(destination.parent)
     except OSError as exc:
+        message = describe_os_error(exc, destination)  # "disk full" told by the free space
         shutil.rmtree(staging, ignore_errors=True)
-        raise StorageError(f"cannot write {destination}: {exc.strerror or exc}") from None
+        raise StorageError(message) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

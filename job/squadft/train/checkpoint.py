@@ -6,6 +6,12 @@ scheduler.pt, scaler.pt (fp16 only), rng_state_<rank>.pt for every rank, trainer
 squadft_config.json and, written LAST, manifest.json listing every file's size and sha256.
 A directory without a manifest, or whose files do not match it, is incomplete and never used.
 Only rank 0 writes: the other ranks send it their RNG states.
+
+A checkpoint (and final/) is built in `.<name>.<writer>.tmp` (see squadft.io for the name)
+that any failure removes; a process killed mid-save leaves it for the next run's
+`remove_stale_temps`. A failed write (disk full, torch.save's "file write failed",
+safetensors' "os error 28") is a StorageError naming the directory and the cause. Files get
+0666 & ~umask, as everything squadft writes.
 """
 
 from __future__ import annotations
@@ -25,7 +31,18 @@ import torch
 
 from squadft.config import Config
 from squadft.errors import ConfigError, StorageError
-from squadft.io import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
+from squadft.io import (
+    ErrorKeepingWriter,
+    apply_umask,
+    atomic_write_bytes,
+    atomic_write_json,
+    describe_os_error,
+    fsync_dir,
+    is_write_failure,
+    remove_temp_tree,
+    sha256_file,
+    temp_name,
+)
 from squadft.storage.manifest import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
@@ -76,8 +93,9 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
     return manifest
 
 
-def manifest_problem(directory: str | os.PathLike[str]) -> str | None:
-    """Why `directory` is not a complete checkpoint, or None when every file matches."""
+def manifest_problem(directory: str | os.PathLike[str], *, hashes: bool = True) -> str | None:
+    """Why `directory` is not a complete checkpoint, or None when every file matches (in size
+    only, without `hashes`)."""
     directory = Path(directory)
     if not (directory / MANIFEST).is_file():
         return "no manifest.json (incomplete)"
@@ -92,7 +110,7 @@ def manifest_problem(directory: str | os.PathLike[str]) -> str | None:
             return f"{relpath} is missing"
         if size != expected.get("size"):
             return f"{relpath} has {size} bytes, manifest says {expected.get('size')}"
-        if sha256_file(path) != expected.get("sha256"):
+        if hashes and sha256_file(path) != expected.get("sha256"):
             return f"{relpath} does not match its sha256"
     return None
 
@@ -124,6 +142,31 @@ def find_latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
     return None
 
 
+def is_local_resume(resume: str) -> bool:
+    """--resume names a local checkpoint directory (not never/auto, not s3://...)."""
+    return resume not in ("never", "auto") and ("://" not in resume
+                                                or resume.startswith("file://"))
+
+
+def check_resume_path(resume: str, *, hashes: bool = True) -> Path | None:
+    """A local --resume PATH, checked before any other work: it exists and is a complete
+    squadft checkpoint (ConfigError otherwise); `hashes=False` checks the files' sizes, not
+    their sha256 (the pipeline's early check: the resume itself verifies them). None for
+    never, auto and remote specs."""
+    if not is_local_resume(resume):
+        return None
+    path = Path(resume.removeprefix("file://")).expanduser()
+    if not path.is_dir():
+        problem = "does not exist" if not path.exists() else "is not a directory"
+    elif not (path / MANIFEST).is_file() and not (path / TRAINER_STATE).is_file():
+        problem = f"is not a squadft checkpoint (no {MANIFEST}, no {TRAINER_STATE})"
+    else:
+        problem = manifest_problem(path, hashes=hashes)
+    if problem:
+        raise ConfigError(f"--resume {path}: {problem}")
+    return path
+
+
 def resolve_resume(
     resume: str, output_dir: str | os.PathLike[str], remote_finder: RemoteFinder | None = None
 ) -> Path | None:
@@ -144,11 +187,7 @@ def resolve_resume(
         if found is None:
             raise ConfigError(f"--resume {resume}: no complete checkpoint there")
         return found
-    path = Path(resume.removeprefix("file://")).expanduser()
-    problem = "does not exist" if not path.is_dir() else manifest_problem(path)
-    if problem:
-        raise ConfigError(f"--resume {path}: {problem}")
-    return path
+    return check_resume_path(resume)
 
 
 # --- trainer state and RNG -----------------------------------------------------------------
@@ -211,19 +250,71 @@ def _replace_directory(tmp: Path, target: Path) -> None:
     """Move the finished `tmp` over `target` (which may hold an older or corrupt copy)."""
     trash = None
     if target.exists():
-        trash = target.with_name(f".{target.name}.old-{os.getpid()}")
+        trash = target.with_name(temp_name(target.name, "old"))
         os.replace(target, trash)
-    os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if trash is not None:
+            os.replace(trash, target)  # put the old copy back
+        raise
     fsync_dir(target.parent)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
 def _fresh_temp_dir(output_dir: Path, name: str) -> Path:
-    tmp = output_dir / f".{name}.tmp-{os.getpid()}"
+    tmp = output_dir / temp_name(name)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
+
+
+def _write_error(exc: BaseException, what: str, path: Path) -> StorageError | None:
+    """The StorageError for a failed write into `path`, or None when `exc` is no write
+    failure (a bug, which should surface as such)."""
+    if isinstance(exc, StorageError):
+        return exc
+    if not isinstance(exc, Exception) or not is_write_failure(exc):
+        return None
+    return StorageError(describe_os_error(exc, f"{what}{path}"))
+
+
+def _save_directory(output_dir: Path, name: str, what: str, fill: Callable[[Path], None],
+                    step: int) -> Path:
+    """Build `output_dir/name` in a temp dir with `fill`, manifest last, rename into place;
+    on any failure the temp dir is removed and a write failure becomes a StorageError."""
+    target = output_dir / name
+    tmp: Path | None = None
+    try:
+        tmp = _fresh_temp_dir(output_dir, name)
+        fill(tmp)
+        apply_umask(tmp)
+        write_manifest(tmp, step)
+        _replace_directory(tmp, target)
+    except BaseException as exc:
+        # the reason first: the partial files still fill the disk, which is how a full disk
+        # is recognised when the library's error does not say so
+        error = _write_error(exc, what, target)
+        if tmp is not None:
+            remove_temp_tree(tmp)
+        if error is None:
+            raise
+        raise error from None
+    return target
+
+
+def torch_save(obj: Any, path: Path) -> None:
+    """torch.save into `path`; a failed write raises its OSError (errno 28 for a full disk),
+    not torch's "[enforce fail at inline_container.cc] ... unexpected pos"."""
+    with open(path, "wb") as handle:
+        writer = ErrorKeepingWriter(handle)
+        try:
+            torch.save(obj, writer)  # type: ignore[arg-type]
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
 
 
 def save_pretrained_dir(directory: Path, model: Any, tokenizer: Any, cfg: Config) -> None:
@@ -246,38 +337,26 @@ def save_checkpoint(
     rng_states: list[dict[str, Any]],
 ) -> Path:
     """Write checkpoint-<step>/ atomically (rank 0 only); returns its path."""
-    output_dir = Path(output_dir)
-    name = f"checkpoint-{state.step}"
-    try:
-        tmp = _fresh_temp_dir(output_dir, name)
+
+    def fill(tmp: Path) -> None:
         save_pretrained_dir(tmp, model, tokenizer, cfg)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
         if scaler is not None and scaler.is_enabled():
-            torch.save(scaler.state_dict(), tmp / "scaler.pt")
+            torch_save(scaler.state_dict(), tmp / "scaler.pt")
         for rank, rng in enumerate(rng_states):
-            torch.save(rng, tmp / f"rng_state_{rank}.pt")
+            torch_save(rng, tmp / f"rng_state_{rank}.pt")
         atomic_write_json(tmp / TRAINER_STATE, state.to_dict())
-        write_manifest(tmp, state.step)
-        target = output_dir / name
-        _replace_directory(tmp, target)
-    except OSError as exc:
-        raise StorageError(f"cannot write checkpoint {output_dir / name}: {exc.strerror}") from None
-    return target
+
+    return _save_directory(Path(output_dir), f"checkpoint-{state.step}", "checkpoint ", fill,
+                           state.step)
 
 
 def save_final(output_dir: str | os.PathLike[str], model: Any, tokenizer: Any, cfg: Config,
                step: int) -> Path:
     """final/: a plain save_pretrained model + tokenizer + squadft_config.json, manifest last."""
-    output_dir = Path(output_dir)
-    try:
-        tmp = _fresh_temp_dir(output_dir, "final")
-        save_pretrained_dir(tmp, model, tokenizer, cfg)
-        write_manifest(tmp, step)
-        _replace_directory(tmp, output_dir / "final")
-    except OSError as exc:
-        raise StorageError(f"cannot write {output_dir / 'final'}: {exc.strerror}") from None
-    return output_dir / "final"
+    return _save_directory(Path(output_dir), "final", "",
+                           lambda tmp: save_pretrained_dir(tmp, model, tokenizer, cfg), step)
 
 
 def add_to_final(final_dir: str | os.PathLike[str], name: str, content: Any, step: int) -> None:
@@ -287,7 +366,7 @@ def add_to_final(final_dir: str | os.PathLike[str], name: str, content: Any, ste
         atomic_write_json(final_dir / name, content)
         write_manifest(final_dir, step)
     except OSError as exc:
-        raise StorageError(f"cannot write {final_dir / name}: {exc.strerror}") from None
+        raise StorageError(describe_os_error(exc, final_dir / name)) from None
 
 
 def rotate_checkpoints(

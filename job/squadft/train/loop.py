@@ -27,7 +27,13 @@ from tqdm.auto import tqdm
 
 from squadft.config import Config
 from squadft.errors import EXIT_PREEMPTED, ConfigError, OutOfMemory, Preempted
-from squadft.io import atomic_write_json, atomic_write_text, ensure_writable_dir
+from squadft.io import (
+    atomic_write_json,
+    atomic_write_text,
+    ensure_writable_dir,
+    interrupt,
+    uninterruptible,
+)
 from squadft.train.batching import BatchDataset, BatchSampler, batch_summary
 from squadft.train.checkpoint import (
     RemoteFinder,
@@ -148,30 +154,93 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -
 
 
 class PreemptionWatcher:
-    """SIGTERM/SIGUSR1 set a flag the loop checks after each step; a second one exits at once."""
+    """What SIGTERM/SIGUSR1 do, from the first training step until the job ends.
+
+    Training (until `trained`): a signal sets `received`, which the loop checks after each
+    step: it checkpoints, then raises Preempted (exit 75). A second signal exits at once with
+    128 + the signal number (143 for SIGTERM), without a checkpoint, and says so.
+    After training (`trained` ... `final_saved`, then calibration and evaluation): the weights
+    are in a checkpoint, so a signal raises Preempted at once (at the end of an
+    `io.uninterruptible` block such as writing final/ or renaming output files into place):
+    exit 75, and a rerun with --resume auto only saves final/ again, calibrates and evaluates.
+    Stopping (once Preempted is raised, until the process exits): the process is on its way to
+    exit 75 and has said so; another signal exits 75 at once rather than 143. The handlers are
+    therefore left installed after a Preempted: restoring the default ones would turn a second
+    signal into 143 after an "exit 75" message.
+    """
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.phase = "training"
+        self.activity = "work"  # what runs after training: "calibration", "final evaluation"
+        self.final_dir: str | None = None
+        self.step = 0
         self._previous: dict[int, Any] = {}
+
+    def _say(self, message: str) -> None:
+        # os.write, not print: a handler that prints while the main thread prints to the same
+        # buffered stream raises "reentrant call"
+        try:
+            os.write(2, f"squadft: {message}\n".encode())
+        except OSError:
+            pass
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if self.received is not None:
-            print(f"squadft: second {name}: exiting without a checkpoint", file=sys.stderr,
-                  flush=True)
-            os._exit(128 + signum)
+        if self.phase == "stopping":
+            self._say(f"{name} again: already stopping after a checkpoint; exit "
+                      f"{EXIT_PREEMPTED} now")
+            os._exit(EXIT_PREEMPTED)
+        if self.phase == "training":
+            if self.received is not None:
+                self._say(f"second {name}: exiting at once with {128 + signum}, without a "
+                          "checkpoint")
+                os._exit(128 + signum)
+            self.received = signum
+            self._say(f"received {name}: finishing the current step, then checkpointing")
+            return
+        if self.received is not None:  # a second one while final/ is written
+            self._say(f"second {name}: exiting at once; the last checkpoint (step "
+                      f"{self.step}) is complete, exit {EXIT_PREEMPTED}")
+            os._exit(EXIT_PREEMPTED)
         self.received = signum
-        print(f"squadft: received {name}: finishing the current step, then checkpointing",
-              file=sys.stderr, flush=True)
+        saved = (f"final/ ({self.final_dir}) is saved" if self.final_dir is not None
+                 else f"checkpoint-{self.step} is complete")
+        interrupt(self.stop(Preempted(
+            f"stopped by {name} during the {self.activity} after training: {saved} at step "
+            f"{self.step}; exit {EXIT_PREEMPTED} means requeue: rerun with --resume auto, which "
+            "does not train again (it saves final/, calibrates and evaluates)")))
 
-    def __enter__(self) -> PreemptionWatcher:
-        for sig in PREEMPTION_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+    def stop(self, exc: Preempted) -> Preempted:
+        """`exc`, about to be raised: from now on a signal exits 75 at once."""
+        self.phase = "stopping"
+        return exc
+
+    def trained(self, step: int) -> None:
+        """Training is over and its last step is in a checkpoint."""
+        self.phase, self.step = "after training", step
+
+    def final_saved(self, final_dir: str | None) -> None:
+        self.final_dir = final_dir
+
+    def install(self) -> PreemptionWatcher:
+        if not self._previous:
+            for sig in PREEMPTION_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
+    def uninstall(self) -> None:
+        """Restore the previous handlers, unless the process is stopping with exit 75."""
+        if self.phase != "stopping":
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+            self._previous.clear()
+
+    def __enter__(self) -> PreemptionWatcher:
+        return self.install()
+
     def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        self.uninstall()
 
 
 def batches_from(
@@ -221,11 +290,14 @@ def train_model(
     *,
     on_checkpoint: OnCheckpoint | None = None,
     remote_finder: RemoteFinder | None = None,
+    watcher: PreemptionWatcher | None = None,
 ) -> TrainResult:
     """Train `model` on `features` (squadft.data.features.Features), checkpoint, save final/.
 
     Raises Preempted after writing a checkpoint when SIGTERM/SIGUSR1 arrives, OutOfMemory
     (after saving the last completed step where possible) when a batch does not fit.
+    `watcher`: an installed PreemptionWatcher that outlives this call (the pipeline's, which
+    keeps handling signals through calibration and evaluation); else one of our own.
     """
     output_dir = Path(cfg.output_dir)
     if ctx.is_main:
@@ -310,6 +382,10 @@ def train_model(
         if ctx.is_main:
             print(f"squadft: resuming from {resumed_from} (step {state.step}/{total_steps})",
                   file=sys.stderr, flush=True)
+            if state.step >= total_steps:
+                print(f"squadft: training is already complete at step {state.step}: only "
+                      "final/, calibration and evaluation are redone", file=sys.stderr,
+                      flush=True)
             _restart_metrics(output_dir / METRICS_FILE, state.step)
 
     forward_model = model  # what the loop calls; `model` stays the plain module we save
@@ -349,7 +425,9 @@ def train_model(
     step_loss = torch.zeros((), device=device)
     grad_norm = torch.zeros((), device=device)
     model.train()
-    with PreemptionWatcher() as watcher:
+    # `progress` too: closed on an error, so that the error is the last line on stderr
+    with (nullcontext(watcher) if watcher is not None else PreemptionWatcher()) as watcher, \
+            progress:
         while state.step < total_steps:
             try:
                 step_loss.zero_()
@@ -424,21 +502,33 @@ def train_model(
             if stop:
                 progress.close()
                 signame = signal.Signals(watcher.received or signal.SIGTERM).name
-                raise Preempted(
+                raise watcher.stop(Preempted(
                     f"stopped at step {state.step}/{total_steps} on a preemption signal "
                     f"({signame} on some rank); checkpoint "
                     f"{path if is_main else 'written by rank 0'}; exit {EXIT_PREEMPTED} means "
-                    "requeue: rerun with --resume auto to continue")
+                    "requeue: rerun with --resume auto to continue"))
         progress.close()
         if last_saved != state.step:
             write_checkpoint()
+        # A signal that came while the last checkpoint was written stops the job now (the
+        # loop no longer looks); from here on one stops it at once, see PreemptionWatcher.
+        if any_rank(ctx, watcher.received is not None):
+            signame = signal.Signals(watcher.received or signal.SIGTERM).name
+            raise watcher.stop(Preempted(
+                f"stopped after the last step ({state.step}/{total_steps}) on a preemption "
+                f"signal ({signame} on some rank); checkpoint-{state.step} is complete; exit "
+                f"{EXIT_PREEMPTED} means requeue: rerun with --resume auto, which does not "
+                "train again"))
+        watcher.trained(state.step)
 
-    runtime = time.perf_counter() - start_time
-    final_dir = None
-    if is_main:
-        # not uploaded here: the pipeline adds the calibrated inference settings first
-        final_dir = save_final(output_dir, model, tokenizer, cfg, state.step)
-    barrier(ctx)
+        runtime = time.perf_counter() - start_time
+        final_dir = None
+        if is_main:
+            # not uploaded here: the pipeline adds the calibrated inference settings first
+            with uninterruptible():
+                final_dir = save_final(output_dir, model, tokenizer, cfg, state.step)
+            watcher.final_saved(str(final_dir))
+        barrier(ctx)
     result = TrainResult(
         steps=state.step,
         epochs=round(state.epoch + state.position / len(sampler), 4),
