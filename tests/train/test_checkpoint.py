@@ -215,3 +215,51 @@ def test_resume_path_is_checked_without_loading_anything(tmp_path: Path) -> None
                           (tmp_path / "plain", "is not a squadft checkpoint")):
         with pytest.raises(ConfigError, match=problem):
             check_resume_path(str(path))
+
+
+class _FakeCuda:
+    """The few torch.cuda calls the RNG code makes, for a machine with `visible` GPUs."""
+
+    def __init__(self, visible: int, current: int = 0) -> None:
+        self.visible, self.current = visible, current
+        self.states = {i: torch.full((16,), i, dtype=torch.uint8) for i in range(visible)}
+        self.set_calls: list[tuple[int, torch.Tensor]] = []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        def get_all() -> list[torch.Tensor]:
+            return [self.states[i] for i in range(self.visible)]
+
+        def set_all(states: list[torch.Tensor]) -> None:
+            for i in range(len(states)):  # what torch does: IndexError beyond the visible GPUs
+                if i >= self.visible:
+                    raise IndexError(f"device {i} out of range")
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: self.visible)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.current)
+        monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=0: self.states[device])
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", get_all)
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_all)
+        monkeypatch.setattr(torch.cuda, "set_rng_state",
+                            lambda state, device=0: self.set_calls.append((device, state)))
+
+
+def test_cuda_rng_state_is_the_ranks_own_and_resumes_on_fewer_gpus(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eight = _FakeCuda(visible=8, current=3)  # rank 3 of a node with 8 visible GPUs
+    eight.install(monkeypatch)
+    saved = rng_state()
+    assert torch.equal(saved["cuda"], eight.states[3])  # one state, not eight
+    torch.save(saved, tmp_path / "rng.pt")
+
+    one = _FakeCuda(visible=1)  # the requeue lands in a 1-GPU pod
+    one.install(monkeypatch)
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert [(d, s.tolist()) for d, s in one.set_calls] == [(0, eight.states[3].tolist())]
+
+    # a checkpoint of the older layout (a state per visible GPU) still resumes, with a warning
+    old_layout = {**rng_state(), "cuda": [eight.states[i] for i in range(8)]}
+    one.set_calls.clear()
+    set_rng_state(old_layout)
+    assert len(one.set_calls) == 1 and "8 visible GPUs" in capsys.readouterr().err

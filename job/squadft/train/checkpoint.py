@@ -224,7 +224,9 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # Only this rank's own device: a checkpoint written with 8 visible GPUs must resume in a
+        # 1-GPU pod (get_rng_state_all would save 8 states and set_rng_state_all want 8 back).
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
@@ -235,7 +237,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        _set_cuda_rng_state(state["cuda"])
+
+
+def _set_cuda_rng_state(saved: Any) -> None:
+    """Restore the CUDA generator of this rank's device. Checkpoints of older squadft versions
+    hold one state per GPU that was visible then; when that layout does not match this process
+    (fewer GPUs visible, one GPU per task), fall back with a warning instead of crashing."""
+    device = torch.cuda.current_device()
+    if isinstance(saved, torch.Tensor):
+        torch.cuda.set_rng_state(saved, device)
+        return
+    states = list(saved)
+    if len(states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state(states[device], device)
+    elif states:
+        warn(f"the checkpoint holds CUDA RNG states for {len(states)} visible GPUs, this process "
+             f"sees {torch.cuda.device_count()}: using the first; dropout on GPU will differ "
+             "from the interrupted run")
+        torch.cuda.set_rng_state(states[0], device)
 
 
 def seed_everything(seed: int) -> None:
