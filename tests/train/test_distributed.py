@@ -58,3 +58,33 @@ def test_single_process_context() -> None:
     assert ctx.world_size == 1 and ctx.is_main and not ctx.is_distributed
     assert ctx.device == torch.device("cpu") or ctx.device.type == "cuda"
     assert any_rank(ctx, True) and not any_rank(ctx, False)
+
+
+def test_nccl_runs_get_a_gloo_group_and_the_stop_flag_never_touches_the_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fakes for the few torch.cuda / torch.distributed calls: no GPU here, and the point is
+    which device and which group the per-step flag uses."""
+    import torch.distributed as dist
+
+    groups: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "new_group", lambda backend=None, **_: groups.append(backend)
+                        or f"{backend}-group")
+    ctx = setup_distributed({"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2",
+                             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"})
+    assert ctx.backend == "nccl" and ctx.device == torch.device("cuda", 1)
+    assert groups == ["gloo"] and ctx.cpu_group == "gloo-group"  # created once, at setup
+
+    calls: list[tuple[torch.device, object]] = []
+
+    def all_reduce(tensor: torch.Tensor, op: object = None, group: object = None) -> None:
+        calls.append((tensor.device, group))
+        tensor.fill_(1)  # another rank saw a signal
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    assert any_rank(ctx, False) is True
+    assert calls == [(torch.device("cpu"), "gloo-group")]

@@ -41,6 +41,10 @@ class DistributedContext:
     world_size: int
     device: torch.device
     backend: str | None  # None when not distributed
+    # A gloo group for small host-side agreements (the per-step preemption flag): with NCCL,
+    # a CUDA tensor + .item() would be a host<->device sync and an NCCL kernel on the critical
+    # path every step. None: use the default group (already on the CPU with gloo).
+    cpu_group: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -167,7 +171,9 @@ def setup_distributed(env: Mapping[str, str] | None = None) -> DistributedContex
             timeout=timedelta(minutes=30),  # rank 0 may tokenize the dataset while others wait
             **({"device_id": device} if cuda else {}),
         )
-    return DistributedContext(info.rank, info.local_rank, info.world_size, device, backend)
+    cpu_group = dist.new_group(backend="gloo") if backend == "nccl" else None
+    return DistributedContext(info.rank, info.local_rank, info.world_size, device, backend,
+                              cpu_group)
 
 
 def cleanup(ctx: DistributedContext) -> None:
@@ -187,8 +193,8 @@ def any_rank(ctx: DistributedContext, flag: bool) -> bool:
     """True on every rank if `flag` is true on at least one (e.g. a preemption signal)."""
     if not ctx.is_distributed:
         return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    tensor = torch.tensor([1 if flag else 0], dtype=torch.int32)  # host memory, always
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=ctx.cpu_group)
     return bool(tensor.item() > 0)
 
 
