@@ -1,6 +1,6 @@
 # squadft: fine-tune extractive QA models on SQuAD 2.0 as a batch job.
 #
-#   docker build -t squadft:0.1.0 .
+#   docker build -t squadft -t squadft:0.1.0 .     # squadft = squadft:latest, for docker run
 #   docker run --rm --gpus all --shm-size=8g -v squadft-cache:/cache -v "$PWD/runs:/workspace" \
 #       squadft:0.1.0 train --output-dir /workspace/run1
 #

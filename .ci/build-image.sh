@@ -10,7 +10,9 @@
 # Usage (root): .ci/build-image.sh
 # Environment:
 #   IMAGE_WORKDIR   cache for base.tar and the torch wheel    (/var/tmp/squadft-image)
-#   IMAGE_TAG       tag of the built image                    (squadft:ci)
+#   IMAGE_TAG       tag of the built image         (squadft:<version in pyproject.toml>)
+#   IMAGE_LATEST_TAG second tag of the same image, what `docker run ... squadft` and the
+#                   README's commands look for; empty: none           (squadft:latest)
 #   IMAGE_DEMO      1 = also run `squadft demo` in the image  (1)
 #   IMAGE_DEMO_ARGS extra flags for that demo, e.g. "--max-steps 5 --max-eval-samples 50"
 #                   for a short run (unset: the whole demo, ~5 min on 2 idle CPU cores)
@@ -20,7 +22,11 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=${IMAGE_WORKDIR:-/var/tmp/squadft-image}
-IMAGE_TAG=${IMAGE_TAG:-squadft:ci}
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/pyproject.toml")
+# The documented build's two tags (README.md, docs/DEPLOY.md): the version, which the k8s
+# manifests pin, and latest, which `docker run --gpus all squadft train` means.
+IMAGE_TAG=${IMAGE_TAG:-squadft:$version}
+IMAGE_LATEST_TAG=${IMAGE_LATEST_TAG-squadft:latest}
 IMAGE_DEMO=${IMAGE_DEMO:-1}
 BASE_TAG=localhost/squadft-base:ci
 IMAGE_UID=10001
@@ -34,6 +40,8 @@ step() {
     LAST=$SECONDS
 }
 fail() { echo "build-image: FAILED: $*" >&2; exit 1; }
+
+[ -n "$version" ] || fail "no version = \"...\" in pyproject.toml"
 
 [ "$(id -u)" = 0 ] || fail "must run as root (buildah --isolation chroot)"
 mkdir -p "$WORK/wheels" "$WORK/base"
@@ -94,7 +102,6 @@ step "wheelhouse for python $base_python ($wheel_name + $(find "$WORK/wheels" -n
 
 # --- the real Dockerfile ---------------------------------------------------------------------
 revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/pyproject.toml")
 buildah bud --isolation chroot --pull-never --layers --force-rm \
     --build-arg BASE_IMAGE="$BASE_TAG" \
     --build-arg TORCH_REQUIREMENT="/wheels/$wheel_name" \
@@ -102,7 +109,15 @@ buildah bud --isolation chroot --pull-never --layers --force-rm \
     --build-arg REVISION="$revision" \
     -v "$WORK/wheels:/wheels:ro" \
     -t "$IMAGE_TAG" "$ROOT"
-step "built $IMAGE_TAG"
+if [ -n "$IMAGE_LATEST_TAG" ]; then
+    buildah tag "$IMAGE_TAG" "$IMAGE_LATEST_TAG"
+    image_id() { buildah images --quiet --no-trunc "$1" | head -n 1; }
+    built_id=$(image_id "$IMAGE_TAG")
+    if [ -z "$built_id" ] || [ "$built_id" != "$(image_id "$IMAGE_LATEST_TAG")" ]; then
+        fail "$IMAGE_LATEST_TAG is not the image just built as $IMAGE_TAG"
+    fi
+fi
+step "built $IMAGE_TAG${IMAGE_LATEST_TAG:+, also tagged $IMAGE_LATEST_TAG}"
 
 # --- what docker/kubernetes would run: entrypoint, user, labels -----------------------------
 entrypoint=$(buildah inspect --type image --format '{{.OCIv1.Config.Entrypoint}}' "$IMAGE_TAG")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import importlib.metadata
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -152,6 +153,79 @@ def test_final_stage_user_entrypoint_labels_and_writable_dirs() -> None:
 def test_kubernetes_runs_the_image_as_its_user() -> None:
     for label, template in pod_templates():
         assert template["spec"]["securityContext"]["runAsUser"] == IMAGE_UID, label
+
+
+def _documented_commands(path: Path) -> list[list[str]]:
+    """The shell commands shown in a file: ```bash/sh/shell blocks of a Markdown file, `#   `
+    comment lines of the Dockerfile; continuation lines and multi-line quoted strings joined,
+    trailing comments dropped."""
+    blocks: list[list[str]] = []
+    if path.suffix == ".md":
+        fenced = False
+        for line in path.read_text().splitlines():
+            if line.startswith("```"):
+                fenced = not fenced
+                if fenced:
+                    blocks.append([])
+                    shell = line[3:].strip() in {"bash", "sh", "shell"}
+            elif fenced and shell:
+                blocks[-1].append(line)
+    else:
+        blocks = [[line[4:] for line in path.read_text().splitlines() if line.startswith("#   ")]]
+    commands: list[list[str]] = []
+    for lines in blocks:
+        pending = ""
+        for line in lines:
+            pending += " " + line.strip().removesuffix("\\")
+            if line.rstrip().endswith("\\"):
+                continue
+            try:
+                commands.append(shlex.split(pending, comments=True))
+            except ValueError:  # a quoted string that goes on in the next line
+                pending += "\n"
+                continue
+            pending = ""
+        assert "docker" not in pending, f"{path.name}: unterminated command {pending!r}"
+    return [c for c in commands if c]
+
+
+def test_documented_build_tags_latest_and_the_version() -> None:
+    # `docker run --gpus all squadft train` (the README) means squadft:latest, while the
+    # manifests pin squadft:<version>: every documented build must tag both, every documented
+    # `docker run` must use one of them, and the CI build script must tag both too.
+    wanted = {"squadft", f"squadft:{__version__}"}
+    builds = runs = 0
+    for path in (REPO / "README.md", REPO / "docs" / "DEPLOY.md", DOCKERFILE):
+        for argv in _documented_commands(path):
+            if argv[:2] == ["docker", "build"]:
+                tags = {argv[i + 1] for i, a in enumerate(argv) if a in {"-t", "--tag"}}
+                tags |= {a.split("=", 1)[1] for a in argv if a.startswith("--tag=")}
+                assert tags >= wanted, f"{path.name}: {' '.join(argv)}"
+                builds += 1
+            elif argv[:2] == ["docker", "run"]:
+                images = [a for a in argv if re.fullmatch(r"squadft(:[\w.-]+)?", a)]
+                assert images and images[0] in wanted, f"{path.name}: {' '.join(argv)}"
+                runs += 1
+    assert builds >= 3 and runs >= 3
+    readme = _documented_commands(REPO / "README.md")
+    assert ["docker", "run", "--gpus", "all", "squadft", "train"] in readme
+    assert readme.index(["docker", "run", "--gpus", "all", "squadft", "train"]) > next(
+        i for i, argv in enumerate(readme) if argv[:2] == ["docker", "build"]
+    ), "the README builds the image before running it"
+
+    script = (REPO / ".ci" / "build-image.sh").read_text()
+    # The script's own line that reads the version, run as written, gives the package version.
+    (line,) = [line for line in script.splitlines() if line.startswith("version=")]
+    result = subprocess.run(
+        ["bash", "-c", f'set -euo pipefail; ROOT="$1"; {line}; echo "$version"', "_", str(REPO)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == __version__
+    assert "IMAGE_TAG=${IMAGE_TAG:-squadft:$version}" in script
+    assert "IMAGE_LATEST_TAG=${IMAGE_LATEST_TAG-squadft:latest}" in script
+    assert 'buildah tag "$IMAGE_TAG" "$IMAGE_LATEST_TAG"' in script
 
 
 def test_pip_installs_are_pinned_and_offline_capable() -> None:

@@ -8,6 +8,8 @@ environment variables) are asserted below; the args are parsed by the CLI's own 
 
 from __future__ import annotations
 
+import copy
+import re
 import shlex
 import shutil
 import subprocess
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from squadft.errors import EXIT_CONFIG, EXIT_DATA, EXIT_PREEMPTED
 
 from tests.deploy.manifests import (
@@ -24,16 +27,19 @@ from tests.deploy.manifests import (
     K8S_DIR,
     all_documents,
     config_for,
+    dangling_references,
     find,
+    load_documents,
     parse_cli,
     pod_templates,
 )
 
 K8S_VERSION = "1.34.0"
 MANIFESTS = sorted(K8S_DIR.glob("*.yaml"))
+# What the README and docs/DEPLOY.md tell users to `kubectl apply -f`, each file on its own.
+ENTRY_MANIFESTS = ["train-job.yaml", "train-multinode.yaml", "pytorchjob.yaml"]
 JOBS = [(path.name, doc) for path, doc in all_documents() if doc["kind"] == "Job"]
 POD_TEMPLATES = list(pod_templates())
-CONFIGMAP = find("ConfigMap", "squadft-config")
 SECRET = find("Secret", "squadft-s3")
 
 
@@ -57,23 +63,42 @@ def squadft_args(container: dict[str, Any]) -> list[str]:
     return argv[argv.index("squadft") + 1 :]
 
 
-def literal_env(container: dict[str, Any]) -> dict[str, str]:
-    env = dict(CONFIGMAP["data"])
+def manifest_of(label: str) -> Path:
+    """The file a pod template's label (from pod_templates) comes from."""
+    return K8S_DIR / label.split(":", 1)[0]
+
+
+def configmap_of(label: str, container: dict[str, Any]) -> dict[str, Any]:
+    """The ConfigMap the container's envFrom names, from the container's own file."""
+    (name,) = [
+        s["configMapRef"]["name"] for s in container.get("envFrom", []) if "configMapRef" in s
+    ]
+    (configmap,) = [
+        doc
+        for doc in load_documents(manifest_of(label))
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == name
+    ]
+    return configmap
+
+
+def literal_env(label: str, container: dict[str, Any]) -> dict[str, str]:
+    env = dict(configmap_of(label, container)["data"])
     env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
     return env
+
+
+def uncommented_configmap(path: Path) -> dict[str, Any]:
+    """The file's ConfigMap with its commented-out `KEY: value` settings switched on."""
+    (chunk,) = [c for c in re.split(r"(?m)^---$", path.read_text()) if "kind: ConfigMap" in c]
+    lines = [re.sub(r"^  # ([A-Z][A-Z0-9_]*: )", r"  \1", line) for line in chunk.splitlines()]
+    return yaml.safe_load("\n".join(lines))
 
 
 # --- schema --------------------------------------------------------------------------------
 
 
 def test_every_manifest_passes_strict_schema_validation_cli() -> None:
-    assert {p.name for p in MANIFESTS} >= {
-        "train-job.yaml",
-        "train-multinode.yaml",
-        "configmap.yaml",
-        "secret.example.yaml",
-        "pvc.yaml",
-    }
+    assert {p.name for p in MANIFESTS} >= {*ENTRY_MANIFESTS, "secret.example.yaml"}
     tool = shutil.which("kubernetes-validate") or str(
         Path(sys.executable).parent / "kubernetes-validate"
     )
@@ -203,15 +228,16 @@ def test_secrets_come_from_the_secret_never_literal(label: str, template: dict[s
         if ref:
             assert ref["name"] == SECRET["metadata"]["name"]
             assert ref["key"] in secret_keys, f"{ref['key']} missing from the example Secret"
+            # The Secret is only for S3, which is off by default: the pod starts without it.
+            assert ref.get("optional") is True, f"{entry['name']}: secretKeyRef not optional"
             referenced.add(ref["key"])
     assert referenced == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     for source in container.get("envFrom", []):
         assert (
             "secretRef" not in source or source["secretRef"]["name"] == SECRET["metadata"]["name"]
         )
-        if "configMapRef" in source:
-            assert source["configMapRef"]["name"] == CONFIGMAP["metadata"]["name"]
-    assert not any("SECRET" in key or "ACCESS_KEY" in key for key in CONFIGMAP["data"])
+    for configmap in (configmap_of(label, container), uncommented_configmap(manifest_of(label))):
+        assert not any("SECRET" in key or "ACCESS_KEY" in key for key in configmap["data"])
 
 
 def test_example_secret_holds_only_marked_placeholders() -> None:
@@ -232,25 +258,184 @@ def test_volumes(label: str, template: dict[str, Any]) -> None:
     assert all(name in volumes for name in mounts.values())
     if container["securityContext"].get("readOnlyRootFilesystem"):
         # Everything squadft writes must then be on a volume.
-        cfg = config_for(squadft_args(container), literal_env(container))
+        cfg = config_for(squadft_args(container), literal_env(label, container))
         for path in (
             cfg.cache_dir,
             cfg.output_dir,
-            literal_env(container).get("HF_HOME", "/cache"),
+            literal_env(label, container).get("HF_HOME", "/cache"),
         ):
             assert any(str(path).startswith(mount + "/") for mount in mounts), path
 
 
-def test_pvcs_of_the_single_node_job_exist() -> None:
-    job = find("Job", "squadft-train")
-    claims = {
-        v["persistentVolumeClaim"]["claimName"]
-        for v in job["spec"]["template"]["spec"]["volumes"]
-        if "persistentVolumeClaim" in v
+@pytest.mark.parametrize("label,template", POD_TEMPLATES, ids=ids(POD_TEMPLATES))
+def test_run_directory_outlives_the_pod_without_s3(label: str, template: dict[str, Any]) -> None:
+    # S3 is off by default, so checkpoints and the final model must stay on a claim defined in
+    # the same file; with several pods (multi-node), one that every pod can mount.
+    container = main_container(template)
+    cfg = config_for(squadft_args(container), literal_env(label, container))
+    assert cfg.s3_uri is None, "S3 must be opt-in: the manifest runs without a bucket"
+    volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+    (runs,) = [m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/workspace"]
+    claim_name = volumes[runs]["persistentVolumeClaim"]["claimName"]
+    (claim,) = [
+        doc
+        for doc in load_documents(manifest_of(label))
+        if doc["kind"] == "PersistentVolumeClaim" and doc["metadata"]["name"] == claim_name
+    ]
+    multi_pod = "torchrun" in container.get("command", [])
+    assert ("ReadWriteMany" in claim["spec"]["accessModes"]) == multi_pod, claim["spec"]
+
+
+@pytest.mark.parametrize("label,template", POD_TEMPLATES, ids=ids(POD_TEMPLATES))
+def test_commented_s3_settings_switch_s3_on(label: str, template: dict[str, Any]) -> None:
+    # The ConfigMap's commented-out S3 lines are the documented way to enable S3: uncommented,
+    # they must be valid settings that the CLI resolves to an S3 run.
+    container = main_container(template)
+    env = dict(uncommented_configmap(manifest_of(label))["data"])
+    assert set(env) - set(configmap_of(label, container)["data"]) >= {
+        "SQUADFT_S3_URI",
+        "AWS_ENDPOINT_URL",
+        "SQUADFT_S3_ADDRESSING_STYLE",
     }
-    assert claims
-    for claim in claims:
-        find("PersistentVolumeClaim", claim)
+    cfg = config_for(squadft_args(container), env)
+    assert cfg.s3_uri is not None and cfg.s3_uri.startswith("s3://")
+    assert cfg.s3_addressing_style == "path"
+
+
+# --- each manifest applied alone creates what it refers to ---------------------------------
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=[p.name for p in MANIFESTS])
+def test_manifest_is_self_contained(path: Path) -> None:
+    """`kubectl apply -f k8s/<file>` alone: every reference resolves in the file or is optional."""
+    documents = load_documents(path)
+    assert dangling_references(documents) == []
+    # Objects come before the workloads that use them, so no pod starts before its ConfigMap.
+    kinds = [doc["kind"] for doc in documents]
+    workloads = [i for i, kind in enumerate(kinds) if kind in {"Job", "PyTorchJob"}]
+    for i, kind in enumerate(kinds):
+        if kind in {"ConfigMap", "PersistentVolumeClaim", "Service"}:
+            assert all(i < w for w in workloads), f"{path.name}: {kind} after the workload"
+
+
+def test_entry_manifests_refer_to_things_and_only_the_secret_is_shared() -> None:
+    # Not vacuous: each entry manifest really refers to a ConfigMap and claims of its own.
+    for name in ENTRY_MANIFESTS:
+        documents = load_documents(K8S_DIR / name)
+        defined = {(d["kind"], d["metadata"]["name"]) for d in documents}
+        assert {kind for kind, _ in defined} >= {"ConfigMap", "PersistentVolumeClaim"}, name
+        without = [d for d in documents if d["kind"] not in {"ConfigMap", "PersistentVolumeClaim"}]
+        missing = dangling_references(without)
+        assert any("ConfigMap" in m for m in missing), name
+        assert any("PersistentVolumeClaim" in m for m in missing), name
+    # Applying several files must not overwrite one file's object with another's different
+    # one (settings silently swapped, or an immutable claim spec changed): a name defined in
+    # two files must have identical content. Today every file uses names of its own.
+    seen: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+    for path, doc in all_documents():
+        key = (doc["kind"], doc["metadata"]["name"])
+        if key in seen:
+            other, first = seen[key]
+            assert first == doc, f"{key} differs between {other} and {path.name}"
+        seen[key] = (path.name, doc)
+
+
+def _job_doc(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    (job,) = [d for d in documents if d["kind"] == "Job"]
+    return job
+
+
+def _break_claim(docs: list[dict[str, Any]]) -> None:
+    volumes = _job_doc(docs)["spec"]["template"]["spec"]["volumes"]
+    next(v for v in volumes if "persistentVolumeClaim" in v)["persistentVolumeClaim"][
+        "claimName"
+    ] = "squadft-nowhere"
+
+
+def _drop_configmap(docs: list[dict[str, Any]]) -> None:
+    docs[:] = [d for d in docs if d["kind"] != "ConfigMap"]
+
+
+def _secret_not_optional(docs: list[dict[str, Any]]) -> None:
+    container = _job_doc(docs)["spec"]["template"]["spec"]["containers"][0]
+    for entry in container["env"]:
+        entry.get("valueFrom", {}).get("secretKeyRef", {}).pop("optional", None)
+
+
+def _missing_configmap_key(docs: list[dict[str, Any]]) -> None:
+    (configmap,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    container = _job_doc(docs)["spec"]["template"]["spec"]["containers"][0]
+    container["env"].append(
+        {
+            "name": "SQUADFT_SEED",
+            "valueFrom": {"configMapKeyRef": {"name": configmap["metadata"]["name"], "key": "X"}},
+        }
+    )
+
+
+def _service_account(docs: list[dict[str, Any]]) -> None:
+    _job_doc(docs)["spec"]["template"]["spec"]["serviceAccountName"] = "squadft-trainer"
+
+
+def _secret_volume(docs: list[dict[str, Any]]) -> None:
+    spec = _job_doc(docs)["spec"]["template"]["spec"]
+    spec["volumes"].append({"name": "creds", "secret": {"secretName": "squadft-creds"}})
+
+
+BREAKAGES = [
+    ("train-job.yaml", _break_claim, "PersistentVolumeClaim 'squadft-nowhere'"),
+    ("train-job.yaml", _drop_configmap, "ConfigMap 'squadft-train-config'"),
+    ("train-job.yaml", _secret_not_optional, "Secret 'squadft-s3'"),
+    ("train-job.yaml", _missing_configmap_key, "has no key 'X'"),
+    ("train-job.yaml", _service_account, "ServiceAccount 'squadft-trainer'"),
+    ("train-job.yaml", _secret_volume, "Secret 'squadft-creds'"),
+    ("train-multinode.yaml", _break_claim, "PersistentVolumeClaim 'squadft-nowhere'"),
+    ("train-multinode.yaml", _secret_not_optional, "Secret 'squadft-s3'"),
+]
+
+
+@pytest.mark.parametrize(
+    "name,breakage,expected",
+    BREAKAGES,
+    ids=[f"{name}-{breakage.__name__.strip('_')}" for name, breakage, _ in BREAKAGES],
+)
+def test_self_containment_check_catches_a_broken_copy(
+    name: str, breakage: Any, expected: str
+) -> None:
+    documents = copy.deepcopy(load_documents(K8S_DIR / name))
+    assert dangling_references(documents) == []
+    breakage(documents)
+    problems = dangling_references(documents)
+    assert problems and any(expected in p for p in problems), problems
+
+
+def test_self_containment_check_reads_a_broken_file(tmp_path: Path) -> None:
+    # The same through a file on disk: a copy of train-job.yaml with a dangling claimName and
+    # without its ConfigMap document, as a hand edit would leave it.
+    text = (K8S_DIR / "train-job.yaml").read_text()
+    assert text.count("claimName: squadft-runs") == 1
+    text = text.replace("claimName: squadft-runs", "claimName: squadft-runz")
+    chunks = [c for c in re.split(r"(?m)^---$", text) if "kind: ConfigMap" not in c]
+    broken = tmp_path / "train-job.yaml"
+    broken.write_text("---".join(chunks))
+    problems = dangling_references(load_documents(broken))
+    assert len(problems) == 2, problems
+    assert "PersistentVolumeClaim 'squadft-runz'" in problems[0] + problems[1]
+    assert "ConfigMap 'squadft-train-config'" in problems[0] + problems[1]
+
+
+def test_self_containment_check_follows_the_rendezvous_host() -> None:
+    documents = copy.deepcopy(load_documents(K8S_DIR / "train-multinode.yaml"))
+    container = _job_doc(documents)["spec"]["template"]["spec"]["containers"][0]
+    container["args"] = [
+        a.replace(":29400", ":29500") if a.startswith("--rdzv-endpoint") else a
+        for a in container["args"]
+    ]
+    assert any("has no port 29500" in p for p in dangling_references(documents))
+    without_service = [d for d in documents if d["kind"] != "Service"]
+    problems = dangling_references(without_service)
+    assert any("subdomain" in p for p in problems), problems
+    assert any("--rdzv-endpoint" in p and "Service 'squadft-multinode'" in p for p in problems)
 
 
 # --- the command line matches the real CLI -------------------------------------------------
@@ -265,9 +450,9 @@ def test_args_parse_with_the_cli_and_make_a_valid_config(
     command, params = parse_cli(args)
     assert command == "train"
     assert params["output_dir"].startswith("/workspace/")
-    cfg = config_for(args, literal_env(container))
+    cfg = config_for(args, literal_env(label, container))
     assert cfg.output_dir == params["output_dir"]
-    assert cfg.s3_uri == CONFIGMAP["data"]["SQUADFT_S3_URI"]
+    assert cfg.s3_uri is None  # S3 is opt-in (test_commented_s3_settings_switch_s3_on)
     assert cfg.resume == "auto"
 
 
@@ -306,8 +491,8 @@ def test_multinode_rendezvous_matches_service_and_job() -> None:
         "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     )
     assert flags["--rdzv-id"] == "$(RDZV_ID)" and "RDZV_ID" in env
-    # Checkpoints must outlive a pod on another node: S3 is set.
-    assert CONFIGMAP["data"]["SQUADFT_S3_URI"].startswith("s3://")
+    # Checkpoints must outlive a pod on another node: /workspace is a ReadWriteMany claim
+    # (test_run_directory_outlives_the_pod_without_s3), S3 optional.
 
 
 def test_pytorchjob_uses_the_operator_container_name_and_restarts_on_failure() -> None:
@@ -327,3 +512,23 @@ def test_readme_style_commands_in_manifest_headers_name_real_files() -> None:
                 for word in words:
                     if word.startswith("k8s/"):
                         assert (K8S_DIR.parent / word).exists(), f"{path.name}: {word}"
+
+
+def test_every_mention_of_a_manifest_names_a_real_file() -> None:
+    # k8s/configmap.yaml and k8s/pvc.yaml were folded into the manifests; no doc, header,
+    # script or test may still send users to a file that is gone.
+    repo = K8S_DIR.parent
+    texts = [
+        repo / "README.md",
+        *sorted((repo / "docs").glob("*.md")),
+        *MANIFESTS,
+        *sorted((repo / ".ci").iterdir()),
+        *sorted((repo / "slurm").iterdir()),
+        repo / "Dockerfile",
+    ]
+    mentioned = set()
+    for path in texts:
+        for name in re.findall(r"k8s/([\w.-]+\.ya?ml)", path.read_text()):
+            assert (K8S_DIR / name).exists(), f"{path.relative_to(repo)} names k8s/{name}"
+            mentioned.add(name)
+    assert mentioned >= set(ENTRY_MANIFESTS)
