@@ -350,6 +350,37 @@ def predict(
             for answer in answers:
                 typer.echo(json.dumps(answer, ensure_ascii=False))
 
+
+@app.command(name="report", help="Write a self-contained HTML report of one or more run "
+             "directories (figures embedded, no network needed to read it): training loss, "
+             "learning rate, grad norm and throughput; EM/F1 against the no-answer threshold "
+             "with the threshold in effect and the oracle marked; HasAns/NoAns against "
+             "\"always no answer\"; F1 by question word and by answer length; the worst "
+             "errors. Several runs: curves overlaid, metrics side by side. Also works on a "
+             "run still training or not evaluated yet. Writes RUN_DIR/report.html (with "
+             "several runs: into the first one) unless --output says where.")
+def report_command(
+    run_dirs: Annotated[list[str], typer.Argument(
+        help="Run directories (output_dir of `squadft train`).", metavar="RUN_DIR")],
+    output: Annotated[str | None, typer.Option(
+        "--output", help="Write the HTML here [default: report.html in the first RUN_DIR].")
+    ] = None,
+    data: Annotated[str | None, typer.Option(
+        "--data", help="The evaluated SQuAD file (PATH or PATH[A:B]; without a slice the "
+        "run's own applies), for the per-question figures of every RUN_DIR [default: the "
+        "run's dev_file under its file:// source or in its download cache].")] = None,
+    errors: Annotated[int, typer.Option(
+        "--errors", help="How many of the worst errors to list per run.")] = 25,
+) -> None:
+    with handle_errors():
+        from squadft.evaluate import visual
+
+        path, runs = visual.write_report(run_dirs, output=output, data=data, errors=errors)
+        for run in runs:
+            for note in run.notes:
+                typer.echo(f"squadft: {run.label}: {note}", err=True)
+        typer.echo(f"report written to {path}")
+
 # EVALUATION-COMMANDS-END
 
 # --- storage commands (upload) go here -------------------------------------------------------
