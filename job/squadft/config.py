@@ -28,6 +28,7 @@ OFFICIAL_SQUAD_BASE_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
 ENV_PREFIX = "SQUADFT_"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 S3_ADDRESSING_STYLES = ("auto", "path", "virtual")
+TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 
 def _opt(default: Any, help: str, group: str, **extra: Any) -> Any:
@@ -133,6 +134,13 @@ class Config:
     )
     num_workers: int = _opt(2, "DataLoader worker processes per rank.", "train")
     logging_steps: int = _opt(10, "Log metrics every N optimizer steps.", "train")
+    report_to: str = _opt(
+        "tensorboard",
+        "Trackers that get the metrics besides metrics.jsonl, comma-separated: tensorboard "
+        "(event files in the run directory's tensorboard/), mlflow, wandb (extras "
+        "squadft[mlflow], squadft[wandb]), or none.",
+        "train",
+    )
     save_steps: int = _opt(500, "Checkpoint every N optimizer steps (0: only at the end).", "train")
     save_total_limit: int = _opt(2, "Keep at most N checkpoints (0: keep all).", "train")
     resume: str = _opt(
@@ -411,6 +419,7 @@ def _validate(cfg: Config) -> typing.Iterator[str]:
             float(cfg.null_threshold)
         except ValueError:
             yield f"null_threshold must be 'auto' or a number (got {cfg.null_threshold!r})"
+    yield from _report_to_problems(cfg.report_to)
     if cfg.s3_uri is not None and not cfg.s3_uri.startswith("s3://"):
         yield f"s3_uri must start with s3:// (got {redact_url(cfg.s3_uri)!r})"
     for name in ("train_sha256", "dev_sha256"):
@@ -419,6 +428,22 @@ def _validate(cfg: Config) -> typing.Iterator[str]:
                                          for part in value.split(",")):
             yield f"{name} must be 64 hex digits" + (" per file" if "," in value else "")
     yield from _file_problems(cfg)
+
+
+def report_targets(value: str) -> tuple[str, ...]:
+    """The trackers a --report-to value names, in order, once each; () for "none" or ""."""
+    names = [part.strip().lower() for part in value.split(",") if part.strip()]
+    return tuple(dict.fromkeys(name for name in names if name != "none"))
+
+
+def _report_to_problems(value: str) -> typing.Iterator[str]:
+    names = [part.strip().lower() for part in value.split(",") if part.strip()]
+    unknown = [name for name in names if name not in (*TRACKERS, "none")]
+    if unknown:
+        yield (f"report_to: unknown tracker {unknown[0]!r} (known: {', '.join(TRACKERS)}, "
+               "or none)")
+    elif "none" in names and len(set(names)) > 1:
+        yield f"report_to: none cannot be combined with other trackers (got {value!r})"
 
 
 def _file_problems(cfg: Config) -> typing.Iterator[str]:

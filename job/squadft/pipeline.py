@@ -271,10 +271,12 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
     from squadft.train.checkpoint import check_resume_path, seed_everything
     from squadft.train.distributed import barrier, cleanup, setup_distributed
     from squadft.train.loop import PreemptionWatcher, train_model
+    from squadft.train.tracking import FINISHED, MetricsLogger, outcome_of
 
     transformers_logging.disable_progress_bar()  # "Writing model shards" at every checkpoint
     ctx = setup_distributed()
     watcher = PreemptionWatcher()  # installed for training, kept through the evaluation
+    metrics: MetricsLogger | None = None
     try:
         output_dir = Path(cfg.output_dir)
         if ctx.is_main:
@@ -283,6 +285,8 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
             ensure_writable_dir(output_dir)  # fail now, not after hours of training
             remove_leftovers(output_dir, output_dir / "final")
             cfg.save(output_dir)
+        # rank 0's metrics destinations; a tracker whose package is missing fails now
+        metrics = MetricsLogger(cfg, enabled=ctx.is_main)
         uploader = None
         if cfg.s3_uri and ctx.is_main and on_checkpoint is None:
             # checks the bucket and credentials now: a wrong key fails before training, not
@@ -315,7 +319,7 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
         try:
             result = train_model(cfg, model, tokenizer, data.train.features, ctx,
                                  on_checkpoint=on_checkpoint, remote_finder=remote_finder,
-                                 watcher=watcher)
+                                 watcher=watcher, metrics=metrics)
             # final/ is on disk before calibration and evaluation start: a crash in either
             # loses no training, and final/ is uploaded (uncalibrated) even then
             watcher.activity = "calibration"
@@ -341,9 +345,14 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
                 f"model saved to {result.final_dir}")
         if cfg.do_eval and data.dev is not None:
             watcher.activity = "final evaluation"
-            evaluate(cfg, model, data.dev, ctx, result.steps, calibration)
+            evaluate(cfg, model, data.dev, ctx, result.steps, calibration, metrics)
+        metrics.close(FINISHED)
         barrier(ctx)  # nobody tears the group down while a peer is still in a collective
         return result
+    except BaseException as exc:
+        if metrics is not None:
+            metrics.close(outcome_of(exc))
+        raise
     finally:
         watcher.uninstall()
         cleanup(ctx)
@@ -377,10 +386,11 @@ def finish_model(cfg: Config, model: Any, calibration_split: PreparedSplit | Non
 
 
 def evaluate(cfg: Config, model: Any, dev: PreparedSplit, ctx: Any, step: int,
-             calibration: Calibration | None = None) -> dict[str, Any]:
+             calibration: Calibration | None = None, metrics: Any = None) -> dict[str, Any]:
     """Official SQuAD 2.0 EM/F1 on the dev data, against the raw file's gold answers, at the
     threshold --null-threshold names (auto: the calibrated one); files in output_dir, a line
-    in metrics.jsonl."""
+    in metrics.jsonl and, through `metrics` (a squadft.train.tracking.MetricsLogger), the
+    trackers."""
     from squadft.evaluate.report import evaluate_model, format_metrics, gold_for_examples, load_gold
     from squadft.train.loop import METRICS_FILE
 
@@ -394,15 +404,18 @@ def evaluate(cfg: Config, model: Any, dev: PreparedSplit, ctx: Any, step: int,
         for warning in warnings:
             say(f"warning: {warning}")
     model.eval()
-    metrics = evaluate_model(model, dev.examples, dev.features, cfg=cfg, threshold=threshold,
-                             output_dir=cfg.output_dir, device=ctx.device, gold=answers)
+    scores = evaluate_model(model, dev.examples, dev.features, cfg=cfg, threshold=threshold,
+                            output_dir=cfg.output_dir, device=ctx.device, gold=answers)
     if ctx.is_main:
-        for line in format_metrics(metrics).splitlines():
+        for line in format_metrics(scores).splitlines():
             say(line)
         keys = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1",
                 "null_threshold", "null_threshold_kind", "always_no_answer_f1",
                 "best_exact", "best_f1", "best_f1_thresh")
-        record = {"step": step, "eval": {k: metrics[k] for k in keys if k in metrics}}
-        with open(Path(cfg.output_dir) / METRICS_FILE, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-    return metrics
+        results = {k: scores[k] for k in keys if k in scores}
+        if metrics is not None:
+            metrics.log_eval(step, results)
+        else:
+            with open(Path(cfg.output_dir) / METRICS_FILE, "a") as handle:
+                handle.write(json.dumps({"step": step, "eval": results}) + "\n")
+    return scores

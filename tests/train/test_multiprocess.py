@@ -262,4 +262,5 @@ def test_disk_full_at_a_checkpoint_is_exit_5_naming_it_and_leaves_no_temporary_d
     assert done.returncode == 5, done.stderr[-3000:]
     assert done.stderr.strip().splitlines()[-1] == (
         f"squadft: error: cannot write checkpoint {disk / 'run' / 'checkpoint-1'}: disk full")
-    assert sorted(os.listdir(disk / "run")) == ["metrics.jsonl", "squadft_config.json"]
+    assert sorted(os.listdir(disk / "run")) == ["metrics.jsonl", "squadft_config.json",
+                                                "tensorboard"]

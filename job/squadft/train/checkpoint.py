@@ -204,6 +204,9 @@ class TrainerState:
     batch_size: int = 0
     grad_accum_steps: int = 1
     loss_history: list[tuple[int, float]] = field(default_factory=list)
+    # the run ids of the MLflow / W&B runs this training logs to, so that a resume from this
+    # checkpoint (also on another machine, from S3) continues the same runs
+    trackers: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

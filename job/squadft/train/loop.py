@@ -1,8 +1,10 @@
-"""The training loop: one function, top to bottom, in the spirit of nanoGPT's train.py.
+"""The training loop: a Trainer in named steps, in the shape of torchtitan's Trainer.
 
-Reading order: precision and seeds, data order (BatchSampler), optimizer and schedule,
-resume, DDP wrap, then the loop: accumulate micro-batches, clip, step, log, checkpoint,
-stop on preemption. Checkpoints and distributed helpers live in their own modules.
+Reading order (class Trainer): __init__ (precision and seeds, data order, optimizer and
+schedule), resume (checkpoint, metrics, DDP wrap), train_step (accumulate micro-batches, clip,
+step), log, checkpoint, and train, the loop that calls them and stops on preemption.
+Checkpoints, distributed helpers and the metrics destinations (squadft.train.tracking) live in
+their own modules.
 """
 
 from __future__ import annotations
@@ -23,17 +25,10 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from squadft.config import Config
 from squadft.errors import EXIT_PREEMPTED, ConfigError, OutOfMemory, Preempted
-from squadft.io import (
-    atomic_write_json,
-    atomic_write_text,
-    ensure_writable_dir,
-    interrupt,
-    uninterruptible,
-)
+from squadft.io import atomic_write_json, ensure_writable_dir, interrupt, uninterruptible
 from squadft.train.batching import BatchDataset, BatchSampler, batch_summary
 from squadft.train.checkpoint import (
     RemoteFinder,
@@ -57,8 +52,9 @@ from squadft.train.distributed import (
     gather_to_main,
 )
 from squadft.train.schedule import make_scheduler, warmup_steps_for
+from squadft.train.tracking import METRICS_FILE, MetricsLogger
 
-METRICS_FILE = "metrics.jsonl"
+__all__ = ["METRICS_FILE", "PreemptionWatcher", "TrainResult", "Trainer", "train_model"]
 TRAIN_RESULTS_FILE = "train_results.json"
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -258,15 +254,6 @@ def batches_from(
             epoch, position = epoch + 1, 0
 
 
-def _restart_metrics(path: Path, step: int) -> None:
-    """On resume, forget metrics logged after the checkpoint (they will be logged again)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
 def _check_resume_config(path: Path, cfg: Config) -> None:
     """Refuse a checkpoint of another model (exit 2), warn about changed training settings."""
     from squadft.config import resume_differences
@@ -281,6 +268,321 @@ def _check_resume_config(path: Path, cfg: Config) -> None:
             warn(f"resuming {path} with changed settings: {'; '.join(changed)}")
 
 
+def build_loader(cfg: Config, features: Any, tokenizer: Any, model: torch.nn.Module,
+                 ctx: DistributedContext) -> tuple[BatchSampler, torch.utils.data.DataLoader]:
+    """This rank's slice of the data order (length-bucketed global batches) and its loader."""
+    sampler = BatchSampler(
+        features.lengths, cfg.batch_size, num_replicas=ctx.world_size, rank=ctx.rank,
+        seed=cfg.seed, bucketing=cfg.length_bucketing,
+    )
+    loader = torch.utils.data.DataLoader(
+        BatchDataset(features, pad_token_id=tokenizer.pad_token_id or 0,
+                     with_token_types=takes_token_types(model)),
+        sampler=sampler, batch_size=None, num_workers=cfg.num_workers,
+        pin_memory=ctx.device.type == "cuda",
+        # Every new iterator draws a worker base seed from this generator. Left to default it
+        # would draw from the global torch RNG, and a resumed run (which opens its iterator
+        # after restoring the RNG states) would see different dropout masks from then on.
+        generator=torch.Generator().manual_seed(cfg.seed + ctx.rank),
+    )
+    return sampler, loader
+
+
+class Trainer:
+    """One training run in named steps, in the shape of torchtitan's Trainer.
+
+    `__init__` builds the data order, optimizer and schedule; `resume` restores a checkpoint
+    and opens the metrics; `train` is the loop, which calls `train_step` (one optimizer step:
+    accumulate micro-batches, clip, step), `log` (every logging_steps), `checkpoint` (every
+    save_steps, and when a preemption signal came), and at the end `save_final`.
+    """
+
+    def __init__(self, cfg: Config, model: torch.nn.Module, tokenizer: Any, features: Any,
+                 ctx: DistributedContext, *, metrics: MetricsLogger,
+                 on_checkpoint: OnCheckpoint | None = None,
+                 remote_finder: RemoteFinder | None = None) -> None:
+        self.cfg, self.model, self.tokenizer, self.ctx = cfg, model, tokenizer, ctx
+        self.metrics, self.on_checkpoint, self.remote_finder = (metrics, on_checkpoint,
+                                                                remote_finder)
+        self.output_dir = Path(cfg.output_dir)
+        if ctx.is_main:
+            ensure_writable_dir(self.output_dir)
+        if cfg.answerability_loss_weight > 0 and bool((features.cls_index != 0).any()):
+            raise ConfigError("--answerability-loss-weight needs a tokenizer that puts [CLS] "
+                              "first (BERT, DistilBERT, RoBERTa...); this one does not")
+        self.device = device = ctx.device
+        self.precision = resolve_precision(cfg.precision, device)
+        if device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls: free speed on Ampere+
+        seed_everything(cfg.seed + ctx.rank)  # different dropout masks on each rank
+
+        self.sampler, self.loader = build_loader(cfg, features, tokenizer, model, ctx)
+        self.accum = cfg.grad_accum_steps
+        self.total_steps = cfg.max_steps or math.ceil(cfg.epochs * len(self.sampler) / self.accum)
+        model.to(device)
+        self.optimizer = build_optimizer(model, cfg, device)
+        self.scheduler = make_scheduler(
+            self.optimizer, warmup_steps_for(self.total_steps, cfg.warmup_ratio), self.total_steps)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.state = TrainerState(total_steps=self.total_steps, world_size=ctx.world_size,
+                                  batch_size=cfg.batch_size, grad_accum_steps=self.accum)
+        self.forward_model: Any = model  # what the loop calls; `model` stays the one we save
+        self.resumed_from: str | None = None
+        self.last_saved = 0
+        self.lr = 0.0
+        self.grad_norm = torch.zeros((), device=device)
+        self.step_loss = torch.zeros((), device=device)
+        self.window_loss = torch.zeros((), device=device)  # on the device: no sync until a log
+        self.window = {"steps": 0, "tokens": 0, "samples": 0}
+        self.window_start = time.perf_counter()
+        self.totals = {"tokens": 0.0, "samples": 0.0}
+
+    # --- resume ---------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Continue from the checkpoint --resume names, open the metrics at that step, and
+        wrap the model for DDP (which broadcasts rank 0's weights to the others)."""
+        payload = self._read_checkpoint()
+        if payload:
+            self._restore(payload)
+        self.state.trackers = self.metrics.start(
+            self.state.step, self.total_steps, self.state.trackers,
+            fresh=self.cfg.resume == "never")
+        self.last_saved = self.state.step
+        if self.ctx.is_distributed:
+            self.forward_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+
+    def _read_checkpoint(self) -> dict[str, Any] | None:
+        """Rank 0 reads the checkpoint and shares it (no shared filesystem needed); an error
+        on rank 0 is raised on every rank."""
+        payload: Any = None
+        if self.ctx.is_main:
+            try:
+                payload = self._load_on_main()
+            except Exception as exc:
+                broadcast_from_main(self.ctx, {"error": exc})
+                raise
+        payload = broadcast_from_main(self.ctx, payload)
+        if payload and "error" in payload:
+            raise payload["error"]
+        return payload
+
+    def _load_on_main(self) -> dict[str, Any] | None:
+        cfg = self.cfg
+        path = resolve_resume(cfg.resume, self.output_dir, self.remote_finder)
+        if path is None:
+            return None
+        _check_resume_config(Path(path), cfg)
+        loaded = load_checkpoint(path)
+        try:
+            self.model.load_state_dict(loaded.model_state)  # DDP broadcasts it to the others
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"{path} does not fit model {cfg.model} ({first}); "
+                              "resume with the model it was trained from") from None
+        return {"path": str(path), "optimizer": loaded.optimizer,
+                "scheduler": loaded.scheduler, "scaler": loaded.scaler,
+                "state": loaded.state.to_dict(), "rng": loaded.rng_states}
+
+    def _restore(self, payload: dict[str, Any]) -> None:
+        cfg, ctx, state = self.cfg, self.ctx, self.state
+        self.resumed_from = payload["path"]
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        if payload["scaler"] is not None and self.scaler.is_enabled():
+            self.scaler.load_state_dict(payload["scaler"])
+        saved = TrainerState.from_dict(payload["state"])
+        old_global = saved.world_size * saved.batch_size
+        new_global = ctx.world_size * cfg.batch_size
+        if old_global != new_global:
+            warn(f"global batch changed ({old_global} -> {new_global}): the data order after "
+                 "resuming differs from the interrupted run")
+            saved.position = saved.position * old_global // new_global
+        state.step, state.epoch, state.position = saved.step, saved.epoch, saved.position
+        state.loss_history, state.trackers = saved.loss_history, saved.trackers
+        if ctx.rank in payload["rng"]:
+            set_rng_state(payload["rng"][ctx.rank])
+        else:
+            warn(f"no RNG state for rank {ctx.rank} in {self.resumed_from}; dropout reseeded")
+            seed_everything(cfg.seed + ctx.rank + state.step)
+        if ctx.is_main:
+            say(f"resuming from {self.resumed_from} (step {state.step}/{self.total_steps})")
+            if state.step >= self.total_steps:
+                say(f"training is already complete at step {state.step}: only final/, "
+                    "calibration and evaluation are redone")
+
+    # --- one optimizer step ---------------------------------------------------------------
+
+    def train_step(self, data: Iterator[tuple[int, int, dict[str, torch.Tensor]]]) -> None:
+        """Accumulate `grad_accum_steps` micro-batches, clip, step the optimizer and schedule."""
+        self.step_loss.zero_()
+        for micro_step in range(self.accum):
+            epoch, position, batch = next(data)
+            self.step_loss += self.forward_backward(batch, final=micro_step == self.accum - 1)
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
+        self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.lr = self.scheduler.get_last_lr()[0]  # the rate this step used
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.epoch, self.state.position = epoch, position
+        self.window_loss += self.step_loss
+        self.window["steps"] += 1
+        self.metrics.advance()
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], final: bool) -> torch.Tensor:
+        """One micro-batch; returns its (detached) share of the step's loss."""
+        samples, tokens = batch_summary(batch)
+        self.window["samples"] += samples
+        self.window["tokens"] += tokens
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        # Gradients of non-final micro-steps only accumulate locally: all-reducing them across
+        # ranks every micro-step would cost `accum` times the traffic for the same averaged
+        # result on the last one.
+        sync = nullcontext() if final or not self.ctx.is_distributed \
+            else self.forward_model.no_sync()
+        with sync:
+            with autocast(self.precision, self.device):
+                loss = qa_loss(self.forward_model, batch,
+                               self.cfg.answerability_loss_weight) / self.accum
+            self.scaler.scale(loss).backward()
+        return loss.detach()
+
+    # --- log, checkpoint ------------------------------------------------------------------
+
+    def log(self) -> None:
+        """Average the steps since the last log over all ranks; rank 0 records them."""
+        loss_sum, tokens, samples = all_reduce_sum(
+            self.ctx, [self.window_loss.item(), self.window["tokens"], self.window["samples"]])
+        elapsed = time.perf_counter() - self.window_start
+        loss_avg = loss_sum / self.ctx.world_size / self.window["steps"]
+        state = self.state
+        record = {
+            "step": state.step,
+            "epoch": round(state.epoch + state.position / len(self.sampler), 4),
+            "loss": loss_avg,
+            "lr": self.lr,
+            "grad_norm": float(self.grad_norm),
+            "tokens_per_s": tokens / elapsed,
+            "samples_per_s": samples / elapsed,
+        }
+        if self.device.type == "cuda":
+            record["gpu_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.totals["tokens"] += tokens
+        self.totals["samples"] += samples
+        state.loss_history.append((state.step, loss_avg))
+        self.metrics.log(record)
+        self.window = {"steps": 0, "tokens": 0, "samples": 0}
+        self.window_loss.zero_()
+        self.window_start = time.perf_counter()
+
+    def checkpoint(self) -> Path | None:
+        """checkpoint-<step>/ (rank 0 writes it, with every rank's RNG state); all ranks wait
+        until it is complete: a rank that exited early on preemption would make torchrun kill
+        rank 0 in the middle of writing it."""
+        rng_states = gather_to_main(self.ctx, rng_state())
+        path = None
+        if self.ctx.is_main:
+            path = save_checkpoint(self.output_dir, model=self.model, tokenizer=self.tokenizer,
+                                   optimizer=self.optimizer, scheduler=self.scheduler,
+                                   scaler=self.scaler, state=self.state, cfg=self.cfg,
+                                   rng_states=rng_states or [])
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(path)
+            busy = getattr(self.on_checkpoint, "busy_paths", None)
+            rotate_checkpoints(self.output_dir, self.cfg.save_total_limit,
+                               protect=busy() if busy is not None else frozenset())
+            self.metrics.checkpoint()
+        barrier(self.ctx)
+        self.last_saved = self.state.step
+        return path
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def train(self, watcher: PreemptionWatcher) -> TrainResult:
+        """Steps until total_steps, logging and checkpointing on the way; on a preemption
+        signal: checkpoint, then Preempted. Then the last checkpoint and final/."""
+        cfg, state = self.cfg, self.state
+        data = batches_from(self.loader, self.sampler, state.epoch, state.position)
+        start_time = self.window_start = time.perf_counter()
+        start_step = state.step
+        self.model.train()
+        while state.step < self.total_steps:
+            try:
+                self.train_step(data)
+            except torch.cuda.OutOfMemoryError:
+                raise _out_of_memory(cfg, self.ctx, state, self.last_saved, self.model,
+                                     self.optimizer, self.checkpoint) from None
+            stop = any_rank(self.ctx, watcher.received is not None)
+            if state.step % cfg.logging_steps == 0 or state.step == self.total_steps or stop:
+                self.log()
+            if stop or (cfg.save_steps and state.step % cfg.save_steps == 0):
+                path = self.checkpoint()
+            if stop:
+                self.metrics.close_progress()
+                raise watcher.stop(Preempted(
+                    f"stopped at step {state.step}/{self.total_steps} on a preemption signal "
+                    f"({_signal_name(watcher)} on some rank); checkpoint "
+                    f"{path if self.ctx.is_main else 'written by rank 0'}; exit "
+                    f"{EXIT_PREEMPTED} means requeue: rerun with --resume auto to continue"))
+        self.metrics.close_progress()
+        if self.last_saved != state.step:
+            self.checkpoint()
+        # A signal that came while the last checkpoint was written stops the job now (the
+        # loop no longer looks); from here on one stops it at once, see PreemptionWatcher.
+        if any_rank(self.ctx, watcher.received is not None):
+            raise watcher.stop(Preempted(
+                f"stopped after the last step ({state.step}/{self.total_steps}) on a preemption "
+                f"signal ({_signal_name(watcher)} on some rank); checkpoint-{state.step} is "
+                f"complete; exit {EXIT_PREEMPTED} means requeue: rerun with --resume auto, "
+                "which does not train again"))
+        watcher.trained(state.step)
+        runtime = time.perf_counter() - start_time
+        final_dir = self.save_final(watcher)
+        return self._result(runtime, trained=state.step > start_step, final_dir=final_dir)
+
+    def save_final(self, watcher: PreemptionWatcher) -> Path | None:
+        """final/ (rank 0); not uploaded here: the pipeline adds the calibrated inference
+        settings first."""
+        final_dir = None
+        if self.ctx.is_main:
+            with uninterruptible():
+                final_dir = save_final(self.output_dir, self.model, self.tokenizer, self.cfg,
+                                       self.state.step)
+            watcher.final_saved(str(final_dir))
+        barrier(self.ctx)
+        return final_dir
+
+    def _result(self, runtime: float, trained: bool, final_dir: Path | None) -> TrainResult:
+        state = self.state
+        return TrainResult(
+            steps=state.step,
+            epochs=round(state.epoch + state.position / len(self.sampler), 4),
+            final_loss=state.loss_history[-1][1] if state.loss_history else None,
+            runtime_s=round(runtime, 3),
+            tokens_per_second=self.totals["tokens"] / runtime if trained else 0.0,
+            samples_per_second=self.totals["samples"] / runtime if trained else 0.0,
+            precision=self.precision,
+            world_size=self.ctx.world_size,
+            global_batch_size=self.cfg.batch_size * self.ctx.world_size * self.accum,
+            resumed_from=self.resumed_from,
+            final_dir=str(final_dir) if final_dir else None,
+        )
+
+
+def _signal_name(watcher: PreemptionWatcher) -> str:
+    return signal.Signals(watcher.received or signal.SIGTERM).name
+
+
+def say(message: str) -> None:
+    print(f"squadft: {message}", file=sys.stderr, flush=True)
+
+
 def train_model(
     cfg: Config,
     model: torch.nn.Module,
@@ -291,6 +593,7 @@ def train_model(
     on_checkpoint: OnCheckpoint | None = None,
     remote_finder: RemoteFinder | None = None,
     watcher: PreemptionWatcher | None = None,
+    metrics: MetricsLogger | None = None,
 ) -> TrainResult:
     """Train `model` on `features` (squadft.data.features.Features), checkpoint, save final/.
 
@@ -298,252 +601,23 @@ def train_model(
     (after saving the last completed step where possible) when a batch does not fit.
     `watcher`: an installed PreemptionWatcher that outlives this call (the pipeline's, which
     keeps handling signals through calibration and evaluation); else one of our own.
+    `metrics`: the run's MetricsLogger, kept open for the evaluation (the pipeline's); else
+    one of our own, closed on return.
     """
-    output_dir = Path(cfg.output_dir)
-    if ctx.is_main:
-        ensure_writable_dir(output_dir)
-    if cfg.answerability_loss_weight > 0 and bool((features.cls_index != 0).any()):
-        raise ConfigError("--answerability-loss-weight needs a tokenizer that puts [CLS] "
-                          "first (BERT, DistilBERT, RoBERTa...); this one does not")
-    device = ctx.device
-    precision = resolve_precision(cfg.precision, device)
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls: free speed on Ampere+
-    seed_everything(cfg.seed + ctx.rank)  # different dropout masks on each rank
-
-    # --- data order, optimizer, schedule ------------------------------------------------
-    sampler = BatchSampler(
-        features.lengths, cfg.batch_size, num_replicas=ctx.world_size, rank=ctx.rank,
-        seed=cfg.seed, bucketing=cfg.length_bucketing,
-    )
-    loader = torch.utils.data.DataLoader(
-        BatchDataset(features, pad_token_id=tokenizer.pad_token_id or 0,
-                     with_token_types=takes_token_types(model)),
-        sampler=sampler, batch_size=None, num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-        # Every new iterator draws a worker base seed from this generator. Left to default it
-        # would draw from the global torch RNG, and a resumed run (which opens its iterator
-        # after restoring the RNG states) would see different dropout masks from then on.
-        generator=torch.Generator().manual_seed(cfg.seed + ctx.rank),
-    )
-    accum = cfg.grad_accum_steps
-    total_steps = cfg.max_steps or math.ceil(cfg.epochs * len(sampler) / accum)
-    model.to(device)
-    optimizer = build_optimizer(model, cfg, device)
-    scheduler = make_scheduler(optimizer, warmup_steps_for(total_steps, cfg.warmup_ratio),
-                               total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    state = TrainerState(total_steps=total_steps, world_size=ctx.world_size,
-                         batch_size=cfg.batch_size, grad_accum_steps=accum)
-
-    # --- resume: rank 0 reads the checkpoint and shares it (no shared filesystem needed) ---
-    payload: Any = None
-    if ctx.is_main:
-        try:
-            path = resolve_resume(cfg.resume, output_dir, remote_finder)
-            if path is not None:
-                _check_resume_config(Path(path), cfg)
-                loaded = load_checkpoint(path)
-                try:
-                    model.load_state_dict(loaded.model_state)  # DDP broadcasts it to the others
-                except RuntimeError as exc:
-                    first = str(exc).strip().splitlines()[0]
-                    raise ConfigError(f"{path} does not fit model {cfg.model} ({first}); "
-                                      "resume with the model it was trained from") from None
-                payload = {"path": str(path), "optimizer": loaded.optimizer,
-                           "scheduler": loaded.scheduler, "scaler": loaded.scaler,
-                           "state": loaded.state.to_dict(), "rng": loaded.rng_states}
-        except Exception as exc:
-            broadcast_from_main(ctx, {"error": exc})
-            raise
-    payload = broadcast_from_main(ctx, payload)
-    if payload and "error" in payload:
-        raise payload["error"]
-    resumed_from = None
-    if payload:
-        resumed_from = payload["path"]
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        if payload["scaler"] is not None and scaler.is_enabled():
-            scaler.load_state_dict(payload["scaler"])
-        saved = TrainerState.from_dict(payload["state"])
-        old_global = saved.world_size * saved.batch_size
-        if old_global != ctx.world_size * cfg.batch_size:
-            warn(f"global batch changed ({old_global} -> {ctx.world_size * cfg.batch_size}): "
-                 "the data order after resuming differs from the interrupted run")
-            saved.position = saved.position * old_global // (ctx.world_size * cfg.batch_size)
-        state.step, state.epoch, state.position = saved.step, saved.epoch, saved.position
-        state.loss_history = saved.loss_history
-        if ctx.rank in payload["rng"]:
-            set_rng_state(payload["rng"][ctx.rank])
-        else:
-            warn(f"no RNG state for rank {ctx.rank} in {resumed_from}; dropout reseeded")
-            seed_everything(cfg.seed + ctx.rank + state.step)
-        if ctx.is_main:
-            print(f"squadft: resuming from {resumed_from} (step {state.step}/{total_steps})",
-                  file=sys.stderr, flush=True)
-            if state.step >= total_steps:
-                print(f"squadft: training is already complete at step {state.step}: only "
-                      "final/, calibration and evaluation are redone", file=sys.stderr,
-                      flush=True)
-            _restart_metrics(output_dir / METRICS_FILE, state.step)
-
-    forward_model = model  # what the loop calls; `model` stays the plain module we save
-    if ctx.is_distributed:
-        forward_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    def write_checkpoint() -> Path | None:
-        rng_states = gather_to_main(ctx, rng_state())
-        path = None
-        if ctx.is_main:
-            path = save_checkpoint(output_dir, model=model, tokenizer=tokenizer,
-                                   optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                                   state=state, cfg=cfg, rng_states=rng_states or [])
-            if on_checkpoint is not None:
-                on_checkpoint(path)
-            busy = getattr(on_checkpoint, "busy_paths", None)
-            rotate_checkpoints(output_dir, cfg.save_total_limit,
-                               protect=busy() if busy is not None else frozenset())
-        # every rank waits until the checkpoint is complete: a rank that exited early on
-        # preemption would make torchrun kill rank 0 in the middle of writing it
-        barrier(ctx)
-        return path
-
-    # --- the loop ------------------------------------------------------------------------
-    is_main = ctx.is_main
-    progress = tqdm(total=total_steps, initial=state.step, disable=not is_main, desc="train",
-                    dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    metrics_path = output_dir / METRICS_FILE
-    data = batches_from(loader, sampler, state.epoch, state.position)
-    start_time = window_start = time.perf_counter()
-    start_step = last_saved = state.step
-    window = {"steps": 0, "tokens": 0, "samples": 0}
-    window_loss = torch.zeros((), device=device)
-    totals = {"tokens": 0.0, "samples": 0.0}
-    step_loss = torch.zeros((), device=device)
-    grad_norm = torch.zeros((), device=device)
-    model.train()
-    # `progress` too: closed on an error, so that the error is the last line on stderr
-    with (nullcontext(watcher) if watcher is not None else PreemptionWatcher()) as watcher, \
-            progress:
-        while state.step < total_steps:
+    own_metrics = metrics is None
+    if metrics is None:
+        metrics = MetricsLogger(cfg, enabled=ctx.is_main)
+    with metrics.closing() if own_metrics else nullcontext(metrics):
+        trainer = Trainer(cfg, model, tokenizer, features, ctx, metrics=metrics,
+                          on_checkpoint=on_checkpoint, remote_finder=remote_finder)
+        trainer.resume()
+        with (nullcontext(watcher) if watcher is not None else PreemptionWatcher()) as watching:
             try:
-                step_loss.zero_()
-                for micro_step in range(accum):
-                    epoch, position, batch = next(data)
-                    samples, tokens = batch_summary(batch)
-                    window["samples"] += samples
-                    window["tokens"] += tokens
-                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                    # Gradients of non-final micro-steps only accumulate locally: all-reducing
-                    # them across ranks every micro-step would cost `accum` times the traffic
-                    # for the same averaged result on the last one.
-                    final_micro = micro_step == accum - 1
-                    sync = nullcontext() if final_micro or not ctx.is_distributed \
-                        else forward_model.no_sync()
-                    with sync:
-                        with autocast(precision, device):
-                            loss = qa_loss(forward_model, batch,
-                                           cfg.answerability_loss_weight) / accum
-                        scaler.scale(loss).backward()
-                    step_loss += loss.detach()
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
-                )
-                lr = scheduler.get_last_lr()[0]  # the rate this step used
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            except torch.cuda.OutOfMemoryError:
-                raise _out_of_memory(cfg, ctx, state, last_saved, model, optimizer,
-                                     write_checkpoint) from None
-            state.step += 1
-            state.epoch, state.position = epoch, position
-            window_loss += step_loss  # stays on the device: no sync until the next log
-            window["steps"] += 1
-            progress.update(1)
-
-            stop = any_rank(ctx, watcher.received is not None)
-            if state.step % cfg.logging_steps == 0 or state.step == total_steps or stop:
-                loss_sum, tokens, samples = all_reduce_sum(
-                    ctx, [window_loss.item(), window["tokens"], window["samples"]])
-                elapsed = time.perf_counter() - window_start
-                loss_avg = loss_sum / ctx.world_size / window["steps"]
-                record = {
-                    "step": state.step,
-                    "epoch": round(epoch + position / len(sampler), 4),
-                    "loss": loss_avg,
-                    "lr": lr,
-                    "grad_norm": float(grad_norm),
-                    "tokens_per_s": tokens / elapsed,
-                    "samples_per_s": samples / elapsed,
-                }
-                if device.type == "cuda":
-                    record["gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-                totals["tokens"] += tokens
-                totals["samples"] += samples
-                state.loss_history.append((state.step, loss_avg))
-                if is_main:
-                    with open(metrics_path, "a") as handle:
-                        handle.write(json.dumps(record) + "\n")
-                    progress.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{record['lr']:.2e}",
-                                         tok_s=f"{record['tokens_per_s']:.0f}")
-                window = {"steps": 0, "tokens": 0, "samples": 0}
-                window_loss.zero_()
-                window_start = time.perf_counter()
-
-            if stop or (cfg.save_steps and state.step % cfg.save_steps == 0):
-                path = write_checkpoint()
-                last_saved = state.step
-            if stop:
-                progress.close()
-                signame = signal.Signals(watcher.received or signal.SIGTERM).name
-                raise watcher.stop(Preempted(
-                    f"stopped at step {state.step}/{total_steps} on a preemption signal "
-                    f"({signame} on some rank); checkpoint "
-                    f"{path if is_main else 'written by rank 0'}; exit {EXIT_PREEMPTED} means "
-                    "requeue: rerun with --resume auto to continue"))
-        progress.close()
-        if last_saved != state.step:
-            write_checkpoint()
-        # A signal that came while the last checkpoint was written stops the job now (the
-        # loop no longer looks); from here on one stops it at once, see PreemptionWatcher.
-        if any_rank(ctx, watcher.received is not None):
-            signame = signal.Signals(watcher.received or signal.SIGTERM).name
-            raise watcher.stop(Preempted(
-                f"stopped after the last step ({state.step}/{total_steps}) on a preemption "
-                f"signal ({signame} on some rank); checkpoint-{state.step} is complete; exit "
-                f"{EXIT_PREEMPTED} means requeue: rerun with --resume auto, which does not "
-                "train again"))
-        watcher.trained(state.step)
-
-        runtime = time.perf_counter() - start_time
-        final_dir = None
-        if is_main:
-            # not uploaded here: the pipeline adds the calibrated inference settings first
-            with uninterruptible():
-                final_dir = save_final(output_dir, model, tokenizer, cfg, state.step)
-            watcher.final_saved(str(final_dir))
-        barrier(ctx)
-    result = TrainResult(
-        steps=state.step,
-        epochs=round(state.epoch + state.position / len(sampler), 4),
-        final_loss=state.loss_history[-1][1] if state.loss_history else None,
-        runtime_s=round(runtime, 3),
-        tokens_per_second=totals["tokens"] / runtime if state.step > start_step else 0.0,
-        samples_per_second=totals["samples"] / runtime if state.step > start_step else 0.0,
-        precision=precision,
-        world_size=ctx.world_size,
-        global_batch_size=cfg.batch_size * ctx.world_size * accum,
-        resumed_from=resumed_from,
-        final_dir=str(final_dir) if final_dir else None,
-    )
-    if is_main:
-        atomic_write_json(output_dir / TRAIN_RESULTS_FILE, asdict(result))
+                result = trainer.train(watching)
+            finally:  # closed on an error too, so that the error is the last line on stderr
+                metrics.close_progress()
+    if ctx.is_main:
+        atomic_write_json(Path(cfg.output_dir) / TRAIN_RESULTS_FILE, asdict(result))
     return result
 
 
