@@ -69,6 +69,7 @@ def resumed_run(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path,
     with pytest.MonkeyPatch.context() as patch:
         for key, value in tracker_env(root).items():
             patch.setenv(key, value)
+        patch.delenv("WANDB_SERVICE", raising=False)  # wandb sets it: unset again afterwards
         with pytest.raises(Crash):
             pipeline.train(Config(**settings), on_checkpoint=crash_at(STEPS))
         first = {"metrics": read_metrics(out),
@@ -325,6 +326,9 @@ def test_sigkill_then_resume_every_tracker_holds_each_step_once(
                             max_steps=40, save_steps=10, save_total_limit=0,
                             report_to="tensorboard,mlflow,wandb", s3_endpoint_url=SECRET_URL)
     env = subprocess_env(**tracker_env(tmp_path))
+    # not the W&B service of this pytest process (wandb exports its address to children),
+    # which would outlive the killed run and still hold its run id
+    env.pop("WANDB_SERVICE", None)
     with open(tmp_path / "killed.log", "w") as log:
         process = subprocess.Popen(squadft_command(settings), stdout=log, stderr=subprocess.STDOUT,
                                    cwd=REPO_ROOT, env=env)
