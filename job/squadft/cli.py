@@ -226,6 +226,11 @@ BatchSizeOption = Annotated[
 PrecisionOption = Annotated[
     str | None, typer.Option("--precision", help="auto, fp32, bf16 or fp16 [default: auto].")
 ]
+DeviceOption = Annotated[
+    str | None, typer.Option("--device", help="auto, cuda or cpu; auto fails rather than use "
+                             "the CPU when the launcher gave GPUs torch cannot use "
+                             "[default: auto].")
+]
 
 
 @app.command(help="Evaluate a saved model on a SQuAD file: write predictions.json, "
@@ -253,6 +258,7 @@ def evaluate(
         int | None, typer.Option("--max-eval-samples", help="Only the first N questions.")
     ] = None,
     precision: PrecisionOption = None,
+    device: DeviceOption = None,
 ) -> None:
     with handle_errors():
         from squadft.evaluate import report
@@ -262,7 +268,7 @@ def evaluate(
             max_answer_length=max_answer_length, null_threshold=null_threshold,
             max_seq_length=max_seq_length, doc_stride=doc_stride,
             max_query_length=max_query_length, max_eval_samples=max_eval_samples,
-            precision=precision,
+            precision=precision, device=device,
         )
         target = output_dir or os.path.join(cfg.output_dir, "evaluate")
         run = report.run_evaluation(cfg, model_dir=model, data_path=data, output_dir=target,
@@ -323,6 +329,7 @@ def predict(
     doc_stride: DocStrideOption = None,
     max_query_length: MaxQueryLengthOption = None,
     precision: PrecisionOption = None,
+    device: DeviceOption = None,
 ) -> None:
     with handle_errors():
         import json
@@ -342,7 +349,7 @@ def predict(
             model, eval_batch_size=batch_size, n_best=n_best,
             max_answer_length=max_answer_length, null_threshold=null_threshold,
             max_seq_length=max_seq_length, doc_stride=doc_stride,
-            max_query_length=max_query_length, precision=precision,
+            max_query_length=max_query_length, precision=precision, device=device,
         )
         answers = report.run_prediction(cfg, model_dir=model, questions=questions,
                                         settings=settings, output_path=output)

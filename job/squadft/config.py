@@ -27,6 +27,7 @@ from squadft.errors import ConfigError
 OFFICIAL_SQUAD_BASE_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
 ENV_PREFIX = "SQUADFT_"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cuda", "cpu")
 S3_ADDRESSING_STYLES = ("auto", "path", "virtual")
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 
@@ -125,8 +126,15 @@ class Config:
     epochs: float = _opt(2.0, "Training epochs.", "train")
     max_steps: int | None = _opt(None, "Optimizer steps; overrides --epochs.", "train")
     precision: str = _opt(
-        "auto", "fp32, bf16 or fp16; auto = bf16 on GPUs that support it, else fp32.", "train",
+        "auto", "fp32, bf16 or fp16; auto = bf16 on GPUs with native bfloat16 (Ampere and "
+        "newer), fp16 with loss scaling on older GPUs (V100, T4), fp32 on the CPU.", "train",
         choices=PRECISIONS,
+    )
+    device: str = _opt(
+        "auto", "cuda, cpu or auto = the GPU when torch sees one, else the CPU; but a process "
+        "its launcher gave GPUs (CUDA_VISIBLE_DEVICES, Slurm GPUs, SQUADFT_DEVICE=cuda in the "
+        "Kubernetes manifests) that torch cannot use fails rather than train on the CPU.",
+        "train", choices=DEVICES,
     )
     seed: int = _opt(42, "Random seed (data order, init of the QA head).", "train")
     length_bucketing: bool = _opt(

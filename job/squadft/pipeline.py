@@ -269,12 +269,13 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
 
     from squadft.modeling import check_window, load_model, load_tokenizer
     from squadft.train.checkpoint import check_resume_path, seed_everything
-    from squadft.train.distributed import barrier, cleanup, setup_distributed
+    from squadft.train.distributed import (barrier, cleanup, prepare_in_turn,
+                                           setup_distributed)
     from squadft.train.loop import PreemptionWatcher, train_model
     from squadft.train.tracking import FINISHED, MetricsLogger, outcome_of
 
     transformers_logging.disable_progress_bar()  # "Writing model shards" at every checkpoint
-    ctx = setup_distributed()
+    ctx = setup_distributed(device=cfg.device)
     watcher = PreemptionWatcher()  # installed for training, kept through the evaluation
     metrics: MetricsLogger | None = None
     try:
@@ -301,14 +302,13 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
         check_window(cfg.model, tokenizer, max_seq_length=cfg.max_seq_length,
                      doc_stride=cfg.doc_stride, max_query_length=cfg.max_query_length)
         splits = ("train", "dev") if cfg.do_eval else ("train",)
-        # rank 0 downloads and tokenizes; the others then find everything in the cache
-        # (or, without a shared filesystem, build their own copy)
-        data = prepare(cfg, tokenizer, splits=splits, verbose=True) if ctx.is_main else None
-        barrier(ctx)
-        if data is None:
-            # --refresh is rank 0's to do: the others use what it just fetched
-            data = prepare(cfg.replace(refresh=False), tokenizer, splits=splits,
-                           verbose=False)
+        # rank 0 downloads and tokenizes; then one process per node finds it in the cache
+        # (or, without a shared filesystem, builds the node's copy); then all the others.
+        # --refresh is rank 0's to do: the others use what it just fetched.
+        data = prepare_in_turn(
+            ctx, lambda: prepare(cfg, tokenizer, splits=splits, verbose=True),
+            lambda: prepare(cfg.replace(refresh=False), tokenizer, splits=splits,
+                            verbose=False))
         assert data.train is not None
         seed_everything(cfg.seed)  # the new QA head starts the same on every rank
         model = load_model(cfg.model)

@@ -1,5 +1,12 @@
 from __future__ import annotations
 
+import json
+import os
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+
 import pytest
 import torch
 from squadft.errors import ConfigError
@@ -8,6 +15,9 @@ from squadft.train.distributed import (
     detect_launch,
     expand_nodelist,
     first_host,
+    gpu_request,
+    prepare_in_turn,
+    resolve_device,
     setup_distributed,
 )
 
@@ -72,12 +82,13 @@ def test_nccl_runs_get_a_gloo_group_and_the_stop_flag_never_touches_the_gpu(
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dist, "new_group", lambda backend=None, **_: groups.append(backend)
-                        or f"{backend}-group")
+    monkeypatch.setattr(dist, "new_group", lambda backend=None, timeout=None, **_:
+                        groups.append(backend) or f"{backend}-group-{len(groups)}")
     ctx = setup_distributed({"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2",
                              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"})
     assert ctx.backend == "nccl" and ctx.device == torch.device("cuda", 1)
-    assert groups == ["gloo"] and ctx.cpu_group == "gloo-group"  # created once, at setup
+    # created once, at setup: the stop-flag group and the preparation-wait group
+    assert groups == ["gloo", "gloo"] and ctx.cpu_group == "gloo-group-1"
 
     calls: list[tuple[torch.device, object]] = []
 
@@ -87,4 +98,118 @@ def test_nccl_runs_get_a_gloo_group_and_the_stop_flag_never_touches_the_gpu(
 
     monkeypatch.setattr(dist, "all_reduce", all_reduce)
     assert any_rank(ctx, False) is True
-    assert calls == [(torch.device("cpu"), "gloo-group")]
+    assert calls == [(torch.device("cpu"), "gloo-group-1")]
+
+
+# --- device choice: no silent CPU fallback ---------------------------------------------------
+
+@pytest.mark.parametrize("env, why", [
+    ({}, None),
+    ({"CUDA_VISIBLE_DEVICES": ""}, None),  # hidden on purpose
+    ({"CUDA_VISIBLE_DEVICES": "-1"}, None),
+    ({"CUDA_VISIBLE_DEVICES": "NoDevFiles"}, None),  # Slurm gres without device files
+    ({"SLURM_GPUS_ON_NODE": "0"}, None),
+    ({"CUDA_VISIBLE_DEVICES": "0,1"}, "CUDA_VISIBLE_DEVICES=0,1"),
+    ({"SLURM_GPUS_ON_NODE": "4"}, "SLURM_GPUS_ON_NODE=4"),
+    ({"SLURM_JOB_GPUS": "2,3"}, "SLURM_JOB_GPUS=2,3"),
+    # a CUDA base image says "all" even when run without --gpus: proves nothing
+    ({"NVIDIA_VISIBLE_DEVICES": "all"}, None),
+])
+def test_gpu_request(env: dict[str, str], why: str | None) -> None:
+    assert gpu_request(env) == why
+
+
+def test_a_requested_gpu_torch_cannot_use_is_an_error_not_a_cpu_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"CUDA_VISIBLE_DEVICES=0.*--device cpu"):
+        resolve_device("auto", {"CUDA_VISIBLE_DEVICES": "0"})
+    with pytest.raises(ConfigError, match="--device cuda"):
+        resolve_device("cuda", {})
+    with pytest.raises(ConfigError, match="SLURM_GPUS_ON_NODE"):
+        setup_distributed({"SLURM_GPUS_ON_NODE": "1"})
+    # said on purpose, or nothing asked for a GPU: the CPU
+    assert resolve_device("cpu", {"CUDA_VISIBLE_DEVICES": "0"}) == torch.device("cpu")
+    assert resolve_device("auto", {}) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="--device must be one of"):
+        resolve_device("gpu", {})
+
+
+def test_auto_takes_the_local_ranks_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert resolve_device("auto", {}, local_rank=5) == torch.device("cuda", 1)
+    assert resolve_device("cpu", {}, local_rank=5) == torch.device("cpu")
+
+
+def test_cli_refuses_a_requested_gpu_it_cannot_use(tiny_model_dir: Path) -> None:
+    """End to end, on this GPU-less machine: one line, exit 2, and --device cpu runs."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0"}
+    command = [sys.executable, "-m", "squadft", "predict", "--model", str(tiny_model_dir),
+               "--question", "Who?", "--context", "Ada wrote it."]
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "CUDA_VISIBLE_DEVICES=0" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    allowed = subprocess.run(command + ["--device", "cpu"], env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout.splitlines()[0])["id"] == "question"
+
+
+# --- data preparation in turn, on gloo with its own timeout ----------------------------------
+
+SLOW_PREPARATION_S = 2.5  # rank 0's "download and tokenize": longer than the group timeout
+GROUP_TIMEOUT_S = 1.0
+
+
+def _prepare_worker(rank: int, port: int, log_dir: str) -> None:
+    # 3 processes on 2 "nodes": ranks 0 and 1 on node A (local ranks 0, 1), rank 2 on node B
+    local_rank = {0: 0, 1: 1, 2: 0}[rank]
+    env = {"RANK": str(rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": "3",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    os.environ.update(env)
+    ctx = setup_distributed(env, device="cpu", timeout=timedelta(seconds=GROUP_TIMEOUT_S))
+    events: list[tuple[str, float, float]] = []
+
+    def work(name: str, seconds: float) -> str:
+        start = time.monotonic()
+        time.sleep(seconds)  # stands for the work itself, not for synchronisation
+        events.append((name, start, time.monotonic()))
+        return name
+
+    result = prepare_in_turn(ctx, lambda: work("first", SLOW_PREPARATION_S),
+                             lambda: work("others", 0.3))
+    Path(log_dir, f"rank{rank}.json").write_text(json.dumps({"result": result,
+                                                             "events": events}))
+    torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_prepare_in_turn_node_leaders_then_the_rest_without_collective_timeouts(
+    tmp_path: Path,
+) -> None:
+    """Rank 0 prepares for longer than the training collectives' timeout; the waiting ranks
+    must not time out (they wait on the long-timeout gloo group), the other node's first
+    process goes next, and the remaining process only after it (a cache hit on its node)."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_prepare_worker, args=(_free_port(), str(tmp_path)), nprocs=3,
+                       start_method="spawn", join=True)
+    logs = {rank: json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(3)}
+    assert [logs[rank]["result"] for rank in range(3)] == ["first", "others", "others"]
+    assert all(len(logs[rank]["events"]) == 1 for rank in range(3))  # nobody prepared twice
+    (_, _, first_end), = logs[0]["events"]
+    (_, leader_start, leader_end), = logs[2]["events"]
+    (_, rest_start, _), = logs[1]["events"]
+    assert first_end <= leader_start  # the other node's leader waited for rank 0
+    assert leader_end <= rest_start  # rank 1 waited for every node leader

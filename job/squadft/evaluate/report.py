@@ -606,7 +606,7 @@ def run_evaluation(
                         f"(max_seq_length {cfg.max_seq_length}, doc_stride {cfg.doc_stride})")
     features, _ = build_features(examples, tokenizer, max_seq_length=cfg.max_seq_length,
                                  doc_stride=cfg.doc_stride, max_query_length=cfg.max_query_length)
-    ctx = setup_distributed()
+    ctx = setup_distributed(device=cfg.device)
     try:
         model = load_model(model_dir).to(ctx.device)
         metrics = evaluate_model(model, examples, features, cfg=cfg, threshold=threshold,
@@ -713,13 +713,12 @@ def run_prediction(
 ) -> list[dict[str, Any]]:
     """`squadft predict`: answers for `questions` at the model's calibrated threshold unless
     cfg.null_threshold says otherwise; written as JSON lines to output_path if given."""
-    import torch
-
     from squadft.modeling import check_window, load_model, load_tokenizer
+    from squadft.train.distributed import resolve_device
 
     threshold = resolve_null_threshold(
         cfg.null_threshold, settings.calibration if settings is not None else None)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(model_dir)
     check_window(model_dir, tokenizer, max_seq_length=cfg.max_seq_length,
                  doc_stride=cfg.doc_stride, max_query_length=cfg.max_query_length)

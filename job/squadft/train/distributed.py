@@ -11,10 +11,10 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -22,6 +22,7 @@ import torch.distributed as dist
 from squadft.errors import ConfigError
 
 DEFAULT_MASTER_PORT = 29500
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class DistributedContext:
     # a CUDA tensor + .item() would be a host<->device sync and an NCCL kernel on the critical
     # path every step. None: use the default group (already on the CPU with gloo).
     cpu_group: Any = None
+    # A gloo group with a long timeout for waiting on another process's data preparation.
+    wait_group: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -147,17 +150,69 @@ def detect_launch(env: Mapping[str, str] | None = None) -> LaunchInfo:
     return LaunchInfo(0, 0, 1, None, None, "single")
 
 
-def setup_distributed(env: Mapping[str, str] | None = None) -> DistributedContext:
-    """Initialise the process group (NCCL on CUDA, gloo on CPU) when launched with >1 process."""
+DEVICES = ("auto", "cuda", "cpu")
+# Waits for another process's data preparation (a full SQuAD download and tokenization on a
+# slow link or a small CPU share) use their own gloo group with this timeout, not the default
+# group's 30 minutes: preparation must never die of a collective timeout.
+PREPARE_TIMEOUT = timedelta(hours=6)
+
+
+def gpu_request(env: Mapping[str, str]) -> str | None:
+    """Why the launcher expects this process to have a GPU (a variable it set), or None.
+
+    Slurm sets CUDA_VISIBLE_DEVICES and SLURM_*GPUS* for jobs with GPUs; the Kubernetes GPU
+    manifests set SQUADFT_DEVICE=cuda instead (the device plugin's NVIDIA_VISIBLE_DEVICES is
+    also "all" in CUDA images run without GPUs, so it proves nothing).
+    """
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() not in ("", "-1", "NoDevFiles"):
+        return f"CUDA_VISIBLE_DEVICES={visible}"
+    for name in ("SLURM_GPUS_ON_NODE", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS"):
+        value = env.get(name, "").strip()
+        if value and value != "0":
+            return f"{name}={value}"
+    return None
+
+
+def resolve_device(requested: str = "auto", env: Mapping[str, str] | None = None,
+                   local_rank: int = 0) -> torch.device:
+    """The device for --device (auto, cuda, cpu). "auto" is the GPU when torch sees one and
+    the CPU otherwise, except that a process its launcher gave GPUs never falls back to the
+    CPU silently (a CUDA/driver mismatch would otherwise train for days on the CPU)."""
+    if requested not in DEVICES:
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)} (got {requested!r})")
+    if requested == "cpu":
+        return torch.device("cpu")
+    env = os.environ if env is None else env
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    why = "--device cuda" if requested == "cuda" else gpu_request(env)
+    if why is None:
+        return torch.device("cpu")
+    build = (f"this torch {torch.__version__} is a CPU-only build" if torch.version.cuda is None
+             else f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable GPU: "
+             "driver missing or older than the CUDA runtime, or no /dev/nvidia* in the "
+             "container")
+    raise ConfigError(f"a GPU was requested ({why}) but {build}; fix the image or node, or "
+                      "pass --device cpu (SQUADFT_DEVICE=cpu) to run on the CPU on purpose")
+
+
+def setup_distributed(env: Mapping[str, str] | None = None, *,
+                      device: str = "auto",
+                      timeout: timedelta = timedelta(minutes=30),
+                      prepare_timeout: timedelta = PREPARE_TIMEOUT) -> DistributedContext:
+    """Initialise the process group (NCCL on CUDA, gloo on CPU) when launched with >1 process.
+
+    `timeout` bounds every training collective (a hung peer); waits for data preparation use
+    a separate gloo group bounded by `prepare_timeout` (see prepare_in_turn).
+    """
     info = detect_launch(env)
-    cuda = torch.cuda.is_available()
+    torch_device = resolve_device(device, os.environ if env is None else env, info.local_rank)
+    cuda = torch_device.type == "cuda"
     if cuda:
-        device = torch.device("cuda", info.local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+        torch.cuda.set_device(torch_device)
     if info.world_size == 1:
-        return DistributedContext(0, 0, 1, device, None)
+        return DistributedContext(0, 0, 1, torch_device, None)
     backend = "nccl" if cuda else "gloo"
     if not dist.is_initialized():
         if info.launcher == "slurm":
@@ -168,12 +223,40 @@ def setup_distributed(env: Mapping[str, str] | None = None) -> DistributedContex
             init_method="env://",
             rank=info.rank,
             world_size=info.world_size,
-            timeout=timedelta(minutes=30),  # rank 0 may tokenize the dataset while others wait
-            **({"device_id": device} if cuda else {}),
+            timeout=timeout,
+            **({"device_id": torch_device} if cuda else {}),
         )
     cpu_group = dist.new_group(backend="gloo") if backend == "nccl" else None
-    return DistributedContext(info.rank, info.local_rank, info.world_size, device, backend,
-                              cpu_group)
+    wait_group = dist.new_group(backend="gloo", timeout=prepare_timeout)
+    return DistributedContext(info.rank, info.local_rank, info.world_size, torch_device,
+                              backend, cpu_group, wait_group)
+
+
+def prepare_in_turn(ctx: DistributedContext, first: Callable[[], T],
+                    others: Callable[[], T]) -> T:
+    """Data preparation without a stampede and without collective timeouts.
+
+    Rank 0 runs `first` (download, verify, tokenize into the cache). Then the first process
+    of every other node runs `others`: a cache hit on a shared filesystem, its own build on a
+    node-local cache (nodes build in parallel, one process each). Then every remaining
+    process runs `others`, a cache hit on its node. Processes that wait block in a barrier of
+    a gloo group with PREPARE_TIMEOUT (host sockets: no GPU spinning, no NCCL timeout); if the
+    preparing process fails, the waiting ones see its connection close, or torchrun stops them.
+    """
+    if not ctx.is_distributed:
+        return first()
+    result = first() if ctx.is_main else None
+    wait_for_peers(ctx)
+    if result is None and ctx.local_rank == 0:
+        result = others()
+    wait_for_peers(ctx)
+    return others() if result is None else result
+
+
+def wait_for_peers(ctx: DistributedContext) -> None:
+    """A barrier for waits that may last long (data preparation): gloo, PREPARE_TIMEOUT."""
+    if ctx.is_distributed:
+        dist.barrier(group=ctx.wait_group)
 
 
 def cleanup(ctx: DistributedContext) -> None:
