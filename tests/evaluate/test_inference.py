@@ -72,6 +72,52 @@ def test_bf16_autocast_runs_close_to_fp32(small_set: tuple[list, Features]) -> N
     assert resolve_precision("fp16", torch.device("cpu")) is torch.float16
 
 
+def _real_columns(features: Features, logits: np.ndarray) -> np.ndarray:
+    return logits[np.arange(logits.shape[1])[None, :] < features.lengths[:, None]]
+
+
+def test_bf16_evaluation_computes_the_qa_head_in_fp32(small_set: tuple[list, Features]) -> None:
+    """The encoder runs under bf16 autocast, the QA head in fp32: logits are not rounded to
+    bfloat16 (no ties between span scores, fine null-score differences)."""
+    _, features = small_set
+    model = make_tiny_model()
+    start, end = predict_logits(model, features, batch_size=32, device="cpu", precision="fp32")
+    low_start, low_end = predict_logits(model, features, batch_size=32, device="cpu",
+                                        precision="bf16")
+    assert "forward" not in vars(model.qa_outputs)  # the head is itself again afterwards
+    for exact, low in ((start, low_start), (end, low_end)):
+        exact, low = _real_columns(features, exact), _real_columns(features, low)
+        as_bf16 = torch.from_numpy(low).bfloat16().float().numpy()
+        # a bf16 head gives only bfloat16 values (the old behaviour: all of them)
+        assert (as_bf16 != low).mean() > 0.9
+        assert np.abs(low - exact).max() < 0.01
+        assert len(np.unique(low)) > 0.9 * len(np.unique(exact))
+
+
+def test_bf16_evaluation_of_a_model_without_a_linear_qa_head(
+    small_set: tuple[list, Features],
+) -> None:
+    """Any other head runs as it is, under autocast, and is left untouched."""
+    _, features = small_set
+
+    class Head(torch.nn.Module):
+        def __init__(self, linear: torch.nn.Linear) -> None:
+            super().__init__()
+            self.linear = linear
+
+        def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+            return self.linear(hidden)
+
+    model = make_tiny_model()
+    start, _ = predict_logits(model, features, batch_size=32, device="cpu", precision="fp32")
+    model.qa_outputs = Head(model.qa_outputs)
+    low, _ = predict_logits(model, features, batch_size=32, device="cpu", precision="bf16")
+    assert "forward" not in vars(model.qa_outputs)
+    low, start = _real_columns(features, low), _real_columns(features, start)
+    np.testing.assert_array_equal(torch.from_numpy(low).bfloat16().float().numpy(), low)
+    assert np.abs(low - start).max() < 0.1
+
+
 def _distributed_worker(rank: int, init_file: str, model_dir: str, features: Features,
                         examples: list[Example], out_dir: str) -> None:
     from squadft.evaluate.report import calibrate_model, evaluate_model

@@ -192,3 +192,36 @@ def test_answerability_loss_adds_a_cross_entropy_on_the_null_score_difference() 
     expected = sum(math.log1p(math.exp(-d)) if t else math.log1p(math.exp(d))
                    for d, t in zip(diffs, targets, strict=True)) / 3
     assert float(weighted) == pytest.approx(float(plain) + 0.5 * expected, rel=1e-5)
+
+
+def test_ddp_wrapper_does_not_broadcast_buffers_before_each_forward(tmp_path: Path) -> None:
+    """DistilBERT's position_ids buffer is a constant: no broadcast per synced forward."""
+    import warnings
+
+    import torch.distributed as dist
+    from squadft.train.loop import wrap_ddp
+
+    from tests.helpers import make_tiny_model
+
+    model = make_tiny_model()
+    assert any(name.endswith("position_ids") for name, _ in model.named_buffers())
+    ids = torch.randint(1000, 2000, (2, 10))
+    with torch.no_grad():
+        expected = model(input_ids=ids).start_logits
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1),
+                            rank=0, world_size=1)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ddp = wrap_ddp(model, torch.device("cpu"))
+        assert ddp.module is model and ddp.device_ids is None
+        assert ddp.broadcast_buffers is False
+        assert ddp.require_forward_param_sync  # a forward that syncs gradients...
+        assert not ddp.will_sync_module_buffers()  # ...and does not broadcast the buffers
+        # torch >= 2.13 deprecates the broadcast_buffers argument: not passed where it does
+        assert not [w for w in caught if "broadcast_buffers" in str(w.message)]
+        with torch.no_grad():
+            torch.testing.assert_close(ddp(input_ids=ids).start_logits, expected)
+    finally:
+        dist.destroy_process_group()

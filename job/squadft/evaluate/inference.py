@@ -10,30 +10,57 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-from squadft.errors import ConfigError, OutOfMemory
+from squadft.errors import OutOfMemory
+from squadft.precision import autocast_dtype as _autocast_dtype_of
+from squadft.precision import resolve_precision as _resolve_shared
 
 PAD_MULTIPLE = 8  # tensor-core friendly widths
 PADDING_LOGIT = -1e4  # written past each window's end; post-processing ignores those columns
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device` (None = plain fp32)."""
-    if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    raise ConfigError(f"precision must be auto, fp32, bf16 or fp16 (got {precision!r})")
+    """The autocast dtype for `precision` on `device` (None = plain fp32), chosen by
+    squadft.precision.resolve_precision as for training."""
+    return _autocast_dtype_of(_resolve_shared(precision, device))
+
+
+@contextlib.contextmanager
+def fp32_qa_head(model: Any, device_type: str) -> Iterator[None]:
+    """Run the model's QA head (`qa_outputs`, the Linear that turns the last hidden states
+    into start/end logits) in fp32 while inside this context, autocast or not.
+
+    Under bf16 autocast the head would round every logit to bfloat16 (8 significant bits:
+    steps of 1/16 at a logit of 10), which ties span scores and coarsens the null score
+    difference the no-answer threshold is compared with. The encoder keeps autocast's
+    speed; the head is a [hidden x 2] product. Models without a `qa_outputs` Linear run as
+    they are.
+    """
+    head = getattr(model, "qa_outputs", None)
+    if not isinstance(head, torch.nn.Linear):
+        yield
+        return
+    had_own_forward = "forward" in vars(head)
+    own_forward = vars(head).get("forward")
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=device_type, enabled=False):
+            bias = None if head.bias is None else head.bias.float()
+            return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
+
+    head.forward = forward
+    try:
+        yield
+    finally:
+        if had_own_forward:
+            head.forward = own_forward
+        else:
+            del head.forward
 
 
 def model_input_names(model: Any) -> set[str]:
@@ -143,9 +170,13 @@ def predict_logits(
 
     was_training = network.training
     network.eval()
+    # Under autocast the encoder runs in bf16/fp16 but the QA head in fp32 (fp32_qa_head).
+    head = (fp32_qa_head(network, device.type) if autocast_dtype is not None
+            else contextlib.nullcontext())
     try:
-        start, end = _logits_for(network, features, mine, batch_size=batch_size, device=device,
-                                 autocast_dtype=autocast_dtype, width=width)
+        with head:
+            start, end = _logits_for(network, features, mine, batch_size=batch_size,
+                                     device=device, autocast_dtype=autocast_dtype, width=width)
     finally:
         network.train(was_training)
 

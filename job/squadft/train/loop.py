@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from squadft.config import Config
 from squadft.errors import EXIT_PREEMPTED, ConfigError, OutOfMemory, Preempted
 from squadft.io import atomic_write_json, ensure_writable_dir, interrupt, uninterruptible
+from squadft.precision import autocast, resolve_precision
 from squadft.train.batching import BatchDataset, BatchSampler, batch_summary
 from squadft.train.checkpoint import (
     RemoteFinder,
@@ -79,21 +80,22 @@ class TrainResult:
     final_dir: str | None
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" -> bf16 on GPUs that support it, else fp32."""
-    cuda = device.type == "cuda"
-    if precision == "auto":
-        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise ConfigError("--precision bf16: this GPU does not support bfloat16; use fp16")
-    return precision
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+    """`model` in DistributedDataParallel, which broadcasts rank 0's weights to the others.
 
-
-def autocast(precision: str, device: torch.device) -> Any:
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    broadcast_buffers=False: the QA transformers' buffers are constants (DistilBERT's and
+    BERT's position_ids, BERT's token_type_ids), identical on every rank, and there are no
+    running statistics; the default would broadcast them from rank 0 before every forward
+    that syncs gradients, a collective per step for nothing.
+    """
+    # torch 2.13 renamed the forward-time half of broadcast_buffers (and deprecated the old
+    # name with a FutureWarning); buffers are then still synced once, at construction.
+    no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                      inspect.signature(DistributedDataParallel).parameters
+                      else {"broadcast_buffers": False})
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync
+    )
 
 
 def takes_token_types(model: torch.nn.Module) -> bool:
@@ -350,9 +352,7 @@ class Trainer:
             fresh=self.cfg.resume == "never")
         self.last_saved = self.state.step
         if self.ctx.is_distributed:
-            self.forward_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
+            self.forward_model = wrap_ddp(self.model, self.device)
 
     def _read_checkpoint(self) -> dict[str, Any] | None:
         """Rank 0 reads the checkpoint and shares it (no shared filesystem needed); an error
