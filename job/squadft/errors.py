@@ -65,3 +65,21 @@ class Preempted(SquadftError):
     """Raised after a checkpoint was written in response to SIGTERM/SIGUSR1."""
 
     exit_code = EXIT_PREEMPTED
+
+
+# How CUDA memory exhaustion surfaces besides torch.cuda.OutOfMemoryError: from cuBLAS (its
+# workspace or handle), or as a raw CUDA error from a kernel launch or the caching allocator.
+OUT_OF_MEMORY_MARKERS = (
+    "CUDA out of memory",
+    "CUDA error: out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch.cuda.OutOfMemoryError and the RuntimeErrors that mean the same thing,
+    so that every out-of-memory ends as exit 7 (which the Kubernetes Job does not retry)."""
+    if type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in OUT_OF_MEMORY_MARKERS)

@@ -269,8 +269,7 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
 
     from squadft.modeling import check_window, load_model, load_tokenizer
     from squadft.train.checkpoint import check_resume_path, seed_everything
-    from squadft.train.distributed import (barrier, cleanup, prepare_in_turn,
-                                           setup_distributed)
+    from squadft.train.distributed import barrier, cleanup, prepare_in_turn, setup_distributed
     from squadft.train.loop import PreemptionWatcher, train_model
     from squadft.train.tracking import FINISHED, MetricsLogger, outcome_of
 
@@ -331,13 +330,15 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
             # so the previous complete checkpoint is used on resume
             if uploader is not None:
                 try:
-                    uploader.close(timeout=cfg.s3_upload_deadline)
+                    with watcher.draining(f"upload to {cfg.s3_uri}", then_stop=False):
+                        uploader.close(timeout=cfg.s3_upload_deadline)
                 except StorageError as exc:
                     say(f"warning: {exc}")
             raise
         if uploader is not None:
             say(f"waiting for the upload of {result.final_dir} to {cfg.s3_uri}")
-            uploader.close(timeout=cfg.s3_upload_deadline)
+            with watcher.draining(f"upload of final/ to {cfg.s3_uri}"):
+                uploader.close(timeout=cfg.s3_upload_deadline)
         if ctx.is_main:
             loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
             say(f"trained {result.steps} steps ({result.epochs} epochs), final loss {loss}, "

@@ -187,3 +187,31 @@ def test_two_process_gloo_equals_single_process(
     single_predictions = json.loads((tmp_path / "single" / "predictions.json").read_text())
     ddp_predictions = json.loads((shared / "eval" / "predictions.json").read_text())
     assert ddp_predictions == single_predictions
+
+
+class _FailsWith(torch.nn.Module):
+    """A QA model whose forward raises `error` (a CPU cannot run out of GPU memory)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB"),
+    RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+], ids=["OutOfMemoryError", "cublas"])
+def test_evaluation_out_of_memory_names_the_batch_and_the_flag(
+    small_set: tuple[list, Features], error: Exception
+) -> None:
+    from squadft.errors import OutOfMemory
+
+    _, features = small_set
+    with pytest.raises(OutOfMemory, match="lower --eval-batch-size"):
+        predict_logits(_FailsWith(error), features, batch_size=4, device="cpu")
+    with pytest.raises(RuntimeError, match="device-side assert"):
+        predict_logits(_FailsWith(RuntimeError("CUDA error: device-side assert triggered")),
+                       features, batch_size=4, device="cpu")

@@ -134,36 +134,60 @@ def test_unknown_model_and_unwritable_output(tiny_settings: Any, tmp_path: Path)
 class RunsOutOfMemory(torch.nn.Module):
     """Fault injection: a real CPU cannot run out of GPU memory on demand."""
 
-    def __init__(self, model: torch.nn.Module, fail_on_call: int) -> None:
+    def __init__(self, model: torch.nn.Module, fail_on_call: int,
+                 error: Exception | None = None) -> None:
         super().__init__()
         self.model = model
         self.calls = 0
         self.fail_on_call = fail_on_call
+        self.error = error or torch.cuda.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB")
 
     def forward(self, **batch: torch.Tensor) -> Any:
         self.calls += 1
         if self.calls == self.fail_on_call:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise self.error
         return self.model(**batch)
 
     def save_pretrained(self, directory: Path) -> None:
         self.model.save_pretrained(directory)
 
 
+@pytest.mark.parametrize("error", [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    # what cuBLAS raises when it cannot get its workspace: a RuntimeError, same cause
+    RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously "
+                 "reported"),
+], ids=["OutOfMemoryError", "cublas", "cuda-error"])
 def test_out_of_memory_keeps_the_last_step_and_suggests_smaller_batches(
-    tiny_settings: Any, tiny_model_dir: Path
+    tiny_settings: Any, tiny_model_dir: Path, error: Exception
 ) -> None:
     from squadft.modeling import load_model, load_tokenizer
 
     cfg = Config(**tiny_settings(max_steps=10))
     data = pipeline.prepare(cfg, splits=("train",), verbose=False)
-    model = RunsOutOfMemory(load_model(str(tiny_model_dir)), fail_on_call=4)
+    model = RunsOutOfMemory(load_model(str(tiny_model_dir)), fail_on_call=4, error=error)
     with pytest.raises(OutOfMemory, match="smaller --batch-size .* --grad-accum-steps"):
         train_model(cfg, model, load_tokenizer(str(tiny_model_dir)), data.train.features,
                     setup_distributed({}))
     out = Path(cfg.output_dir)
     assert verify_manifest(out / "checkpoint-3")
     assert not (out / "final").exists()
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory(
+    tiny_settings: Any, tiny_model_dir: Path
+) -> None:
+    from squadft.modeling import load_model, load_tokenizer
+
+    cfg = Config(**tiny_settings(max_steps=10))
+    data = pipeline.prepare(cfg, splits=("train",), verbose=False)
+    model = RunsOutOfMemory(load_model(str(tiny_model_dir)), fail_on_call=2,
+                            error=RuntimeError("CUDA error: device-side assert triggered"))
+    with pytest.raises(RuntimeError, match="device-side assert"):
+        train_model(cfg, model, load_tokenizer(str(tiny_model_dir)), data.train.features,
+                    setup_distributed({}))
 
 
 def test_answerability_loss_adds_a_cross_entropy_on_the_null_score_difference() -> None:
@@ -225,3 +249,53 @@ def test_ddp_wrapper_does_not_broadcast_buffers_before_each_forward(tmp_path: Pa
             torch.testing.assert_close(ddp(input_ids=ids).start_logits, expected)
     finally:
         dist.destroy_process_group()
+
+
+# --- signals during the last upload ----------------------------------------------------------
+
+_DRAIN_SCRIPT = """
+import os, signal, sys
+from squadft.errors import Preempted
+from squadft.train.loop import PreemptionWatcher
+
+watcher = PreemptionWatcher().install()
+watcher.trained(5)
+if sys.argv[1] == "stopping":
+    try:
+        raise watcher.stop(Preempted("stopped at step 5"))
+    except Preempted:
+        with watcher.draining("upload to s3://bucket/run", then_stop=False):
+            # torchrun's follow-up TERM once a peer has exited 75, and one more
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            print("upload finished", flush=True)
+        sys.exit(75)
+else:
+    try:
+        with watcher.draining("upload of final/ to s3://bucket/run"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            print("upload finished", flush=True)
+        print("went on to evaluate", flush=True)
+    except Preempted as exc:
+        print(f"preempted: {exc}", flush=True)
+        sys.exit(75)
+"""
+
+
+@pytest.mark.parametrize("phase", ["stopping", "after training"])
+def test_a_signal_during_the_last_upload_lets_it_finish(phase: str) -> None:
+    """Old behaviour: a second signal while stopping exited at once (os._exit), and one after
+    training raised in the middle of the upload: the bucket lost the checkpoint."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _DRAIN_SCRIPT, phase], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 75, done.stderr
+    assert "upload finished" in done.stdout
+    assert "SIGTERM during the upload" in done.stderr and "finishing it first" in done.stderr
+    assert "went on to evaluate" not in done.stdout
+    if phase == "after training":
+        # then it stops, as the signal asked, saying what is saved
+        assert "preempted: stopped by SIGTERM during the upload of final/" in done.stdout
+        assert "checkpoint-5 is complete" in done.stdout

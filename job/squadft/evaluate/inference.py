@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from squadft.errors import OutOfMemory
+from squadft.errors import OutOfMemory, is_out_of_memory
 from squadft.precision import autocast_dtype as _autocast_dtype_of
 from squadft.precision import resolve_precision as _resolve_shared
 
@@ -125,7 +125,9 @@ def _logits_for(
         try:
             with autocast:
                 outputs = model(**inputs)
-        except torch.cuda.OutOfMemoryError:
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError, or cuBLAS's
+            if not is_out_of_memory(exc):
+                raise
             raise OutOfMemory(
                 f"evaluation ran out of memory on a batch of {len(chunk)} windows x "
                 f"{batch['input_ids'].shape[1]} tokens; lower --eval-batch-size"

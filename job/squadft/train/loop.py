@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
@@ -27,7 +27,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from squadft.config import Config
-from squadft.errors import EXIT_PREEMPTED, ConfigError, OutOfMemory, Preempted
+from squadft.errors import (
+    EXIT_PREEMPTED,
+    ConfigError,
+    OutOfMemory,
+    Preempted,
+    is_out_of_memory,
+)
 from squadft.io import atomic_write_json, ensure_writable_dir, interrupt, uninterruptible
 from squadft.precision import autocast, resolve_precision
 from squadft.train.batching import BatchDataset, BatchSampler, batch_summary
@@ -173,6 +179,7 @@ class PreemptionWatcher:
         self.activity = "work"  # what runs after training: "calibration", "final evaluation"
         self.final_dir: str | None = None
         self.step = 0
+        self.drain_activity: str | None = None  # see draining()
         self._previous: dict[int, Any] = {}
 
     def _say(self, message: str) -> None:
@@ -185,6 +192,14 @@ class PreemptionWatcher:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
+        if self.drain_activity is not None:
+            # torchrun sends its workers another TERM when a peer has exited (75); cutting
+            # the final upload short would leave the bucket without the checkpoint
+            if self.received is None:
+                self.received = signum
+            self._say(f"{name} during the {self.drain_activity}: finishing it first (the "
+                      "launcher's SIGKILL after its grace period still ends it)")
+            return
         if self.phase == "stopping":
             self._say(f"{name} again: already stopping after a checkpoint; exit "
                       f"{EXIT_PREEMPTED} now")
@@ -202,12 +217,30 @@ class PreemptionWatcher:
                       f"{self.step}) is complete, exit {EXIT_PREEMPTED}")
             os._exit(EXIT_PREEMPTED)
         self.received = signum
+        interrupt(self._after_training(name, self.activity))
+
+    def _after_training(self, name: str, activity: str) -> Preempted:
         saved = (f"final/ ({self.final_dir}) is saved" if self.final_dir is not None
                  else f"checkpoint-{self.step} is complete")
-        interrupt(self.stop(Preempted(
-            f"stopped by {name} during the {self.activity} after training: {saved} at step "
+        return self.stop(Preempted(
+            f"stopped by {name} during the {activity} after training: {saved} at step "
             f"{self.step}; exit {EXIT_PREEMPTED} means requeue: rerun with --resume auto, which "
-            "does not train again (it saves final/, calibrates and evaluates)")))
+            "does not train again (it saves final/, calibrates and evaluates)"))
+
+    @contextmanager
+    def draining(self, activity: str, *, then_stop: bool = True) -> Iterator[None]:
+        """Run `activity` (the last upload) to its end whatever signals arrive; the
+        launcher's SIGKILL after its grace period, and the upload deadline, still bound it.
+        A signal received meanwhile raises Preempted once the activity is done, unless the
+        process is already stopping or `then_stop` is false (an error is on its way out)."""
+        received_before, self.drain_activity = self.received, activity
+        try:
+            yield
+        finally:
+            self.drain_activity = None
+        if (then_stop and self.received is not None and received_before is None
+                and self.phase != "stopping"):
+            raise self._after_training(signal.Signals(self.received).name, activity)
 
     def stop(self, exc: Preempted) -> Preempted:
         """`exc`, about to be raised: from now on a signal exits 75 at once."""
@@ -515,7 +548,9 @@ class Trainer:
         while state.step < self.total_steps:
             try:
                 self.train_step(data)
-            except torch.cuda.OutOfMemoryError:
+            except RuntimeError as exc:  # torch.cuda.OutOfMemoryError, or cuBLAS's
+                if not is_out_of_memory(exc):
+                    raise
                 raise _out_of_memory(cfg, self.ctx, state, self.last_saved, self.model,
                                      self.optimizer, self.checkpoint) from None
             stop = any_rank(self.ctx, watcher.received is not None)
