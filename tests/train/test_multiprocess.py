@@ -187,17 +187,24 @@ def _log_has(log: Path, text: str) -> bool:
     return log.is_file() and text in log.read_text()
 
 
+def _evaluating_run(tiny_settings: Any, tmp_path: Path, name: str, steps: int
+                    ) -> tuple[dict[str, Any], Path, Path, Any]:
+    """A squadft process that has trained `steps` steps and is now evaluating the whole dev
+    sample (4,449 questions: seconds of evaluation to send signals into)."""
+    settings = tiny_settings(name, max_steps=steps, do_eval=True, max_eval_samples=None)
+    log = tmp_path / f"{name}.log"
+    process = start(squadft_command(settings), log)
+    wait_for(lambda: _log_has(log, f"squadft: trained {steps} steps"), 240,
+             "the end of training", process)
+    return settings, Path(settings["output_dir"]), log, process
+
+
 def test_sigterm_during_the_final_evaluation_exits_75_and_a_requeue_only_evaluates(
     tiny_settings: Any, tmp_path: Path
 ) -> None:
     """final/ is saved when the evaluation starts: the job is requeueable, not killed (143).
     The whole dev sample (4,449 questions) keeps the evaluation running for seconds."""
-    settings = tiny_settings("eval-preempted", max_steps=3, do_eval=True, max_eval_samples=None)
-    out = Path(settings["output_dir"])
-    log = tmp_path / "eval-preempted.log"
-    process = start(squadft_command(settings), log)
-    wait_for(lambda: _log_has(log, "squadft: trained 3 steps"), 240, "the end of training",
-             process)
+    settings, out, log, process = _evaluating_run(tiny_settings, tmp_path, "eval-preempted", 3)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == EXIT_PREEMPTED, log.read_text()[-3000:]
     text = log.read_text()
@@ -238,12 +245,7 @@ def test_two_signals_during_training_exit_143_and_never_mention_exit_75(
 
 def test_a_second_signal_while_stopping_still_exits_75(tiny_settings: Any,
                                                         tmp_path: Path) -> None:
-    settings = tiny_settings("stopping", max_steps=2, do_eval=True, max_eval_samples=None)
-    out = Path(settings["output_dir"])
-    log = tmp_path / "stopping.log"
-    process = start(squadft_command(settings), log)
-    wait_for(lambda: _log_has(log, "squadft: trained 2 steps"), 240, "the end of training",
-             process)
+    settings, out, log, process = _evaluating_run(tiny_settings, tmp_path, "stopping", 2)
     process.send_signal(signal.SIGSTOP)
     process.send_signal(signal.SIGUSR1)  # stops the evaluation: Preempted, exit 75 ...
     process.send_signal(signal.SIGTERM)  # ... which a second signal must not turn into 143
