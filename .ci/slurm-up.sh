@@ -29,18 +29,12 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
     apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
 fi
 
-if [ -s "$CONF" ] && grep -q '^# Written by squadft .ci/slurm-up.sh' "$CONF" && grep -q '^SlurmdParameters=config_overrides' "$CONF" && node_ready; then
-    echo "slurm-up: already up"
-    exit 0
-fi
-
 host=$(hostname -s)
 # Half the memory: slurmd drains a node whose RealMemory exceeds what it finds.
 cpus=$(($(nproc) > 16 ? $(nproc) : 16))
+cores=$(((cpus + 1) / 2))
 mem_mb=$(($(awk '/MemTotal/{print int($2/1024)}' /proc/meminfo) / 2))
-mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd "$LOGS" /run/munge
-chown munge:munge /run/munge
-cat >"$CONF" <<CONF
+conf=$(cat <<CONF
 # Written by squadft .ci/slurm-up.sh: one node, root daemons, no database, no cgroups.
 ClusterName=ci
 SlurmctldHost=localhost
@@ -48,7 +42,13 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+# Tasks are bound to CPUs, as on clusters that bind by default: task/affinity pins every task
+# of a step to CPUs of that step, one hardware thread per CPU the task asked for
+# (TaskPluginParam=Threads). So a step that asks for fewer CPUs than the job holds (a plain
+# srun since Slurm 22.05, which no longer inherits the --cpus-per-task of sbatch) really runs
+# on fewer, and tests/deploy/test_slurm.py sees that in the trainer's CPU affinity.
+TaskPlugin=task/affinity
+TaskPluginParam=Threads
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
@@ -65,14 +65,31 @@ SlurmdLogFile=$LOGS/slurmd.log
 MpiDefault=none
 # A node as slurm/train.sh's header asks for (16 CPUs, one GPU) whatever this machine has:
 # config_overrides trusts these numbers instead of draining the node, and the pretend GPU is
-# /dev/null. Only scheduling sees them; jobs run on the real CPUs.
+# /dev/null. Binding folds the pretend CPUs onto the real ones (slurmd wraps CPU numbers
+# modulo the CPUs that exist): a task asking for up to as many CPUs as the machine has is
+# bound to that many, one asking for more gets all of them. The pretend CPUs are threads
+# (2 per core) on purpose: with one thread per core task/affinity refuses to lay out a task
+# asking for more CPUs than exist ("Unable to layout tasks on given cpus"), which the header's
+# 8 CPUs per task would be on a small machine; with threads it caps the task at what exists.
 SlurmdParameters=config_overrides
 GresTypes=gpu
 KillWait=30
 MinJobAge=600
-NodeName=localhost NodeHostname=$host CPUs=$cpus RealMemory=$mem_mb Gres=gpu:1 State=UNKNOWN
+NodeName=localhost NodeHostname=$host CPUs=$((cores * 2)) Sockets=1 CoresPerSocket=$cores ThreadsPerCore=2 RealMemory=$mem_mb Gres=gpu:1 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
+)
+
+# Up already with this very configuration: nothing to do. Any other (an older version of this
+# script, a hand-edited file) is rewritten and the daemons restarted below.
+if [ -s "$CONF" ] && [ "$(cat "$CONF")" = "$conf" ] && node_ready; then
+    echo "slurm-up: already up"
+    exit 0
+fi
+
+mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd "$LOGS" /run/munge
+chown munge:munge /run/munge
+printf '%s\n' "$conf" >"$CONF"
 echo "NodeName=localhost Name=gpu File=/dev/null" >/etc/slurm/gres.conf
 
 if [ ! -s /etc/munge/munge.key ]; then

@@ -38,6 +38,7 @@
 #                           SQUADFT_SRUN_ARGS="--container-image=squadft+0.1.0.sqsh
 #                           --container-mounts=/shared:/shared --container-workdir=$PWD"
 #   SQUADFT_MAX_REQUEUES    stop requeueing after this many restarts (default 20)
+#   OMP_NUM_THREADS         threads per training process (default: its share of the CPUs, below)
 #   SQUADFT_CMD             the program run per process instead of `squadft` (default squadft);
 #                           the CI tests use it to exercise the requeue mechanics with a small
 #                           stand-in (tests/deploy/standin_trainer.py).
@@ -71,6 +72,38 @@ gpus=${SLURM_GPUS_ON_NODE:-0}
 gpus=${gpus##*:}  # "gpu:a100:4" style values: the count is last
 nproc=${SQUADFT_NPROC_PER_NODE:-$((gpus > 0 ? gpus : 1))}
 
+# CPUs. Since Slurm 22.05 srun no longer takes the job's --cpus-per-task from sbatch (it reads
+# only its own option or SRUN_CPUS_PER_TASK), so a plain `srun` step runs each task with one
+# CPU per task; where the site binds tasks to cores or threads (task/affinity, task/cgroup),
+# torchrun, all its GPU workers and all their DataLoader workers then share one CPU. The step
+# asks for its CPUs itself (older srun versions take the option too): with torchrun its one
+# task per node gets every CPU the job has per node (cpus-per-task x ntasks-per-node, normally
+# just cpus-per-task) for all the workers; with srun each task (one process) gets
+# cpus-per-task. Without a --cpus-per-task in the job, srun keeps Slurm's default.
+# A --cpus-per-task in SQUADFT_SRUN_ARGS comes later on the srun line and wins.
+cpus_per_task=${SLURM_CPUS_PER_TASK:-}
+tasks_per_node=${SLURM_NTASKS_PER_NODE:-1}
+is_count() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
+is_count "$tasks_per_node" || tasks_per_node=1
+task_cpus=""
+cpu_args=()
+if is_count "$cpus_per_task"; then
+    task_cpus=$cpus_per_task
+    if [ "$launcher" = torchrun ]; then task_cpus=$((cpus_per_task * tasks_per_node)); fi
+    export SRUN_CPUS_PER_TASK=$task_cpus
+    cpu_args=(--cpus-per-task="$task_cpus")
+fi
+# Threads per training process. squadft sets no thread count of its own, so torch starts one
+# intra-op thread per CPU the process may use, and torchrun, when it starts several workers,
+# sets OMP_NUM_THREADS=1 for each. Give each process its share of its task's CPUs instead
+# (DataLoader workers use one thread each regardless); an OMP_NUM_THREADS set by the caller wins.
+if [ -z "${OMP_NUM_THREADS:-}" ] && [ -n "$task_cpus" ]; then
+    procs_per_task=1
+    if [ "$launcher" = torchrun ] && is_count "$nproc"; then procs_per_task=$nproc; fi
+    threads=$((task_cpus / procs_per_task))
+    export OMP_NUM_THREADS=$((threads > 0 ? threads : 1))
+fi
+
 # torchrun gives its workers this long to checkpoint after a TERM before it kills them
 # (default 30 s; older torch versions ignore the variable and keep 30 s). Keep it below the
 # 120 s warning of --signal so the job is done before Slurm's own kill at the time limit.
@@ -86,7 +119,8 @@ case "$launcher" in
         export PET_SIGNALS_TO_HANDLE=SIGINT,SIGHUP,SIGQUIT
         # shellcheck disable=SC2016  # expanded by the task's shell, not this one
         step=(srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES"
-              --ntasks-per-node=1 --kill-on-bad-exit=1 "${srun_args[@]}" "${wrap[@]}"
+              --ntasks-per-node=1 "${cpu_args[@]}" --kill-on-bad-exit=1 "${srun_args[@]}"
+              "${wrap[@]}"
               bash -c 'trap "" USR1 TERM; exec "$@"' squadft-node
               torchrun --nnodes="$SLURM_JOB_NUM_NODES" --nproc-per-node="$nproc"
               --rdzv-backend=c10d --rdzv-endpoint="$head_node:$port" --rdzv-id="$job_id"
@@ -96,7 +130,7 @@ case "$launcher" in
         export MASTER_ADDR="$head_node" MASTER_PORT="$port"
         # Each task maps its Slurm ranks to the variables torchrun would set, then execs.
         # shellcheck disable=SC2016  # expanded by the task's shell, not this one
-        step=(srun --kill-on-bad-exit=1 "${srun_args[@]}" "${wrap[@]}" bash -c
+        step=(srun "${cpu_args[@]}" --kill-on-bad-exit=1 "${srun_args[@]}" "${wrap[@]}" bash -c
               'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
                exec "$@"' squadft-task "${program[@]}" train "$@")
         ;;
@@ -126,7 +160,8 @@ on_term() {
 trap on_usr1 USR1
 trap on_term TERM
 
-log "start on ${hosts[*]} (restart $restarts, launcher $launcher, $nproc per node) $(date -u +%FT%TZ)"
+log "start on ${hosts[*]} (restart $restarts, launcher $launcher, $nproc per node," \
+    "${task_cpus:-default} CPUs per task, OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}) $(date -u +%FT%TZ)"
 "${step[@]}" &
 step_pid=$!
 # `wait` returns early when a trapped signal arrives; keep waiting until the step has ended.

@@ -29,14 +29,34 @@ def cluster_answers() -> bool:
     )
 
 
+def cluster_config() -> dict[str, str]:
+    """The running slurmctld's configuration (`scontrol show config`), by parameter name."""
+    result = run(["scontrol", "show", "config"], timeout=20)
+    config = {}
+    for line in result.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            config[key.strip()] = value.strip()
+    return config
+
+
+def cluster_binds_tasks() -> bool:
+    """Whether the running cluster pins tasks to CPUs as .ci/slurm-up.sh configures it (an
+    older one, with task/none, would let a test of the CPUs a step gets pass regardless)."""
+    return cluster_config().get("TaskPlugin") == "task/affinity"
+
+
 def ensure_cluster() -> None:
-    """Start the local Slurm with .ci/slurm-up.sh unless it already answers (needs root)."""
-    if cluster_answers():
+    """Start the local Slurm with .ci/slurm-up.sh unless it already answers with tasks bound to
+    CPUs (needs root); slurm-up.sh rewrites an outdated configuration and restarts the daemons."""
+    if cluster_answers() and cluster_binds_tasks():
         return
     if os.geteuid() != 0:
-        raise RuntimeError(f"Slurm is not running and {SLURM_UP} needs root to start it")
+        raise RuntimeError(
+            f"Slurm is not running, or not as {SLURM_UP} configures it, and that needs root"
+        )
     result = run(["bash", str(SLURM_UP)], timeout=300)
-    if result.returncode != 0 or not cluster_answers():
+    if result.returncode != 0 or not cluster_answers() or not cluster_binds_tasks():
         raise RuntimeError(f"{SLURM_UP} failed:\n{result.stdout}\n{result.stderr}")
 
 

@@ -1,10 +1,12 @@
 """A stand-in for `squadft train` that slurm/train.sh can run via SQUADFT_CMD.
 
 It behaves like the real trainer where the launcher can see it, and nothing more: it reports
-the rank variables it was started with, waits (optionally) for SIGUSR1/SIGTERM, then writes a
-"checkpoint" and exits 75 (a second signal makes it exit 1 at once, as squadft does); started
-again with a checkpoint present it resumes and finishes with exit code 0. This lets the Slurm
-tests exercise the signal forwarding and requeue mechanics in seconds, independently of the
+the rank variables it was started with and the CPUs it may run on (cpus-rank<RANK>.json: the
+size of its CPU affinity, and the CPU and thread variables that Slurm, slurm/train.sh and
+torchrun set), waits (optionally) for SIGUSR1/SIGTERM, then writes a "checkpoint" and exits 75
+(a second signal makes it exit 1 at once, as squadft does); started again with a checkpoint
+present it resumes and finishes with exit code 0. This lets the Slurm tests exercise the CPU
+allocation, the signal forwarding and the requeue mechanics in seconds, independently of the
 training pipeline.
 
     python standin_trainer.py train --output-dir DIR [--wait-for-signal]
@@ -22,10 +24,12 @@ from pathlib import Path
 
 EXIT_PREEMPTED = 75
 SIGNAL_DEADLINE_S = 300.0
+CPU_VARIABLES = ("SLURM_CPUS_PER_TASK", "SRUN_CPUS_PER_TASK", "OMP_NUM_THREADS")
 
 
 def write_json(path: Path, data: dict[str, object]) -> None:
-    part = path.with_name(path.name + ".part")
+    # a part file per process: several workers of one job may write the same file
+    part = path.with_name(f"{path.name}.{os.getpid()}.part")
     part.write_text(json.dumps(data))
     os.replace(part, path)
 
@@ -42,6 +46,12 @@ def main(argv: list[str]) -> int:
     restart = os.environ.get("SLURM_RESTART_COUNT", "0")
     print(f"standin: start rank={rank} world={world} SLURM_RESTART_COUNT={restart}", flush=True)
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    cpus = {
+        "affinity": len(os.sched_getaffinity(0)),
+        **{name: os.environ.get(name) for name in CPU_VARIABLES},
+    }
+    print(f"standin: rank {rank} cpus {json.dumps(cpus, sort_keys=True)}", flush=True)
+    write_json(args.output_dir / f"cpus-rank{rank}.json", cpus)
     checkpoint = args.output_dir / "checkpoint.json"
 
     if checkpoint.exists():

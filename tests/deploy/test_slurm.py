@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -152,6 +153,46 @@ def test_job_completes(slurm: None, tmp_path: Path, launcher: str) -> None:
     assert json.loads((out / "final.json").read_text()) == {"resumed_from": None}
 
 
+@pytest.mark.parametrize(("launcher", "nproc"), [("torchrun", 1), ("torchrun", 2), ("srun", 1)])
+def test_training_processes_may_use_every_cpu_of_the_allocation(
+    slurm: None, tmp_path: Path, launcher: str, nproc: int
+) -> None:
+    """Since Slurm 22.05 srun no longer inherits sbatch's --cpus-per-task: a step that does not
+    ask for the CPUs again runs each task with one, and where tasks are bound to CPUs (the test
+    cluster binds them, see .ci/slurm-up.sh) torchrun and all its workers share that one CPU.
+    Each training process must be able to run on all the CPUs its task was allocated."""
+    # Two CPUs tell "one CPU" from "all of them" and fit any machine with two: the cluster's
+    # pretend CPUs fold onto the real ones, so a task can be bound to at most that many.
+    cpus = 2
+    if (os.cpu_count() or 1) < cpus:
+        pytest.skip(f"needs a machine with {cpus} CPUs to see a task bound to fewer")
+    out = tmp_path / "run"
+    env = {
+        "SQUADFT_CMD": STANDIN_CMD,
+        "SQUADFT_LAUNCHER": launcher,
+        "SQUADFT_NPROC_PER_NODE": str(nproc),
+        "OMP_NUM_THREADS": "",  # as if unset (sbatch exports ours): the script picks
+    }
+    job_id = submit(
+        [f"--cpus-per-task={cpus}", str(TRAIN_SCRIPT), "--output-dir", str(out)], env, tmp_path
+    )
+    log = tmp_path / f"slurm-{job_id}.out"
+    fields = wait_finished(job_id, log)
+    text = read(log)
+    assert fields["JobState"] == "COMPLETED", text
+    allocated = int(fields["CPUs/Task"])  # the allocation, as Slurm reports it
+    assert allocated == cpus and int(fields["NumCPUs"]) == cpus, fields
+    for rank in range(nproc):
+        seen = json.loads((out / f"cpus-rank{rank}.json").read_text())
+        # every worker of the node's one torchrun (or the task's one process) may run on all of
+        # the task's CPUs; the old script's step left each of them a single one
+        assert seen["affinity"] == allocated, (rank, seen, text)
+        assert seen["SLURM_CPUS_PER_TASK"] == seen["SRUN_CPUS_PER_TASK"] == str(allocated)
+        # and uses its share of them for torch's threads (torchrun alone would have set 1)
+        assert seen["OMP_NUM_THREADS"] == str(max(1, allocated // nproc)), seen
+    assert f"{allocated} CPUs per task" in text
+
+
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_usr1_checkpoints_requeues_and_resumes(slurm: None, tmp_path: Path, launcher: str) -> None:
     out = tmp_path / "run"
@@ -207,6 +248,9 @@ def test_real_squadft_is_preempted_requeued_and_resumes(
         "SQUADFT_CACHE_DIR": str(tmp_path / "cache"),
         "SQUADFT_NUM_WORKERS": "0",
         "SQUADFT_PRECISION": "fp32",
+        # the cluster's GPU is pretend (/dev/null) but Slurm still sets CUDA_VISIBLE_DEVICES,
+        # which squadft refuses to fall back from silently: run on the CPU on purpose
+        "SQUADFT_DEVICE": "cpu",
         "HF_HUB_OFFLINE": "1",
     }
     args = [
