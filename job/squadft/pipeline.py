@@ -341,9 +341,10 @@ def train(cfg: Config, *, on_checkpoint: Any = None, remote_finder: Any = None) 
                 uploader.close(timeout=cfg.s3_upload_deadline)
         if ctx.is_main:
             loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+            speed = (f"{result.tokens_per_second:,.0f} tokens/s" if result.tokens_per_second
+                     else "no step left to train in this process")
             say(f"trained {result.steps} steps ({result.epochs} epochs), final loss {loss}, "
-                f"{result.tokens_per_second:,.0f} tokens/s; "
-                f"model saved to {result.final_dir}")
+                f"{speed}; model saved to {result.final_dir}")
         if cfg.do_eval and data.dev is not None:
             watcher.activity = "final evaluation"
             evaluate(cfg, model, data.dev, ctx, result.steps, calibration, metrics)
