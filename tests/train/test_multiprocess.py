@@ -217,7 +217,6 @@ def test_sigterm_during_the_final_evaluation_exits_75_and_a_requeue_only_evaluat
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {out / 'checkpoint-3'} (step 3/3)" in resumed.stderr
     assert "training is already complete at step 3" in resumed.stderr
-    assert "no step left to train in this process" in resumed.stderr  # not "0 tokens/s"
     assert [m["step"] for m in read_metrics(out)] == [1, 2, 3]  # no step trained again
     assert json.loads((out / "eval_results.json").read_text())["total"] == 4449
 
