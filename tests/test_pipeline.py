@@ -165,6 +165,22 @@ def test_train_writes_the_run_directory(settings: dict) -> None:
     assert json.loads((out / "squadft_config.json").read_text())["max_steps"] == 3
 
 
+
+def test_a_resume_of_a_finished_run_says_it_trained_nothing(
+    settings: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The second run only redoes final/: it reports no throughput rather than "0 tokens/s"."""
+    cfg = Config(**{**settings, "max_steps": 2})
+    pipeline.train(cfg)
+    first = capsys.readouterr().out
+    assert "tokens/s;" in first and "no step left" not in first
+    again = pipeline.train(cfg)
+    second = "".join(capsys.readouterr())
+    assert again.steps == 2 and again.tokens_per_second == 0.0
+    assert "training is already complete at step 2" in second
+    assert "no step left to train in this process" in second and "tokens/s;" not in second
+
+
 def _corrupted_dev(dev_json: dict, directory: Path) -> tuple[Path, str]:
     """Article 11 of the dev subset, with one answerable question whose answers the parser
     cannot align (their text is not in the context): it is dropped from the parsed examples

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from squadft.config import DEVICES
 from squadft.errors import ConfigError
 
 DEFAULT_MASTER_PORT = 29500
@@ -150,7 +151,6 @@ def detect_launch(env: Mapping[str, str] | None = None) -> LaunchInfo:
     return LaunchInfo(0, 0, 1, None, None, "single")
 
 
-DEVICES = ("auto", "cuda", "cpu")
 # Waits for another process's data preparation (a full SQuAD download and tokenization on a
 # slow link or a small CPU share) use their own gloo group with this timeout, not the default
 # group's 30 minutes: preparation must never die of a collective timeout.
