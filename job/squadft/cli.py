@@ -378,15 +378,32 @@ def report_command(
         "run's dev_file under its file:// source or in its download cache].")] = None,
     errors: Annotated[int, typer.Option(
         "--errors", help="How many of the worst errors to list per run.")] = 25,
+    thresholds: Annotated[str | None, typer.Option(
+        "--thresholds", help="Also print per run a markdown table (threshold | EM | F1 | "
+        "HasAns F1 | NoAns F1) at these no-answer thresholds, comma-separated (e.g. "
+        "\"-14,-12,-10,-8,0\"), plus the threshold in effect and always answer.")] = None,
 ) -> None:
     with handle_errors():
+        from squadft.errors import DataError
         from squadft.evaluate import visual
 
+        wanted = visual.parse_thresholds(thresholds) if thresholds is not None else None
         path, runs = visual.write_report(run_dirs, output=output, data=data, errors=errors)
         for run in runs:
             for note in run.notes:
                 typer.echo(f"squadft: {run.label}: {note}", err=True)
         typer.echo(f"report written to {path}")
+        if wanted is not None:
+            tables = [(run, visual.run_threshold_markdown(run, wanted)) for run in runs]
+            for run, table in tables:
+                if table is None:
+                    typer.echo(f"squadft: {run.label}: no threshold curve, so no --thresholds "
+                               "table", err=True)
+                else:
+                    typer.echo("\n" + table, nl=False)
+            if all(table is None for _, table in tables):
+                raise DataError("--thresholds: no run has a threshold curve (it needs "
+                                "eval_results.json, nbest_predictions.json and the dev data)")
 
 # EVALUATION-COMMANDS-END
 

@@ -11,7 +11,8 @@ said on the page):
 - nbest_predictions.json   each question's best span and null score difference (null score -
                            best span score, exactly as `postprocess_predictions` computed it):
                            with the dev data's gold answers, the EM/F1 curve against the
-                           no-answer threshold;
+                           no-answer threshold and a table of EM, F1, HasAns F1 and NoAns F1
+                           at a few thresholds (`squadft report --thresholds` prints it);
 - predictions.json         the answers at the threshold in effect: F1 by question word and by
                            answer length, the worst errors;
 - squadft_config.json      which dev file (and article slice) was evaluated, and the settings;
@@ -527,6 +528,166 @@ def _labels(paths: Sequence[Path]) -> list[str]:
     return out
 
 
+# --- the threshold trade-off table --------------------------------------------------------------
+
+ALWAYS_ANSWER = "always answer"
+ORACLE_LABEL = "oracle: tuned on these same questions"
+SPREAD_COUNT = 6  # thresholds between the 5th and 95th percentiles of the differences
+# how eval_results.json's null_threshold_kind was chosen, as the table says it
+_KIND_LABELS = {"calibrated": "calibrated", "given": "--null-threshold", "default": "0"}
+
+
+@dataclass(frozen=True)
+class ThresholdRow:
+    """EM, F1, HasAns F1 and NoAns F1 (percent, official SQuAD 2.0 definitions) of answering
+    with the best span when the null score difference is at most `threshold` (+inf: always
+    answer). HasAns/NoAns are None when no question of the kind was scored."""
+
+    threshold: float
+    exact: float
+    f1: float
+    has_ans_f1: float | None
+    no_ans_f1: float | None
+    label: str = ""  # how the threshold was chosen ("" for a plain one)
+
+    @property
+    def name(self) -> str:
+        """The threshold as the tables show it: "0.37 (calibrated)", "always answer"."""
+        if self.threshold == math.inf:
+            return ALWAYS_ANSWER if self.label in ("", ALWAYS_ANSWER) else \
+                f"always answer ({self.label})"
+        value = "answer nothing" if self.threshold == -math.inf else f"{self.threshold:.6g}"
+        return f"{value} ({self.label})" if self.label else value
+
+
+def threshold_table(gold: Mapping[str, list[str]], best_spans: Mapping[str, str],
+                    null_score_diff: Mapping[str, float], thresholds: Sequence[float],
+                    labels: Sequence[str] | None = None) -> list[ThresholdRow]:
+    """One row per threshold, in the order given: `threshold_curve` of all the gold questions,
+    of the answerable ones (HasAns: gold answers) and of the unanswerable ones (NoAns: gold
+    []), each at the threshold. +inf answers every question with its best span."""
+    if labels is not None and len(labels) != len(thresholds):
+        raise ValueError("one label per threshold")
+    whole = threshold_curve(gold, best_spans, null_score_diff)
+    parts = []
+    for answerable in (True, False):
+        subset = {q: a for q, a in gold.items() if bool(a) == answerable}
+        parts.append(threshold_curve(subset, best_spans, null_score_diff) if subset else None)
+    has_ans, no_ans = parts
+    rows = []
+    for i, t in enumerate(thresholds):
+        t = float(t)
+        if math.isnan(t):
+            raise ValueError("a threshold is NaN")
+        exact, f1 = whole.at(t)
+        rows.append(ThresholdRow(
+            t, exact, f1, has_ans.at(t)[1] if has_ans is not None else None,
+            no_ans.at(t)[1] if no_ans is not None else None,
+            labels[i] if labels is not None else ""))
+    return rows
+
+
+def spread_thresholds(diffs: Iterable[float], count: int = SPREAD_COUNT) -> list[float]:
+    """`count` evenly spread thresholds from the 5th to the 95th percentile of the finite
+    differences, rounded to 2 decimals (so that --thresholds can repeat them); [] if none."""
+    finite = np.array([d for d in diffs if math.isfinite(d)], dtype=np.float64)
+    if not len(finite) or count <= 0:
+        return []
+    low, high = np.percentile(finite, [5.0, 95.0])
+    values = np.round(np.linspace(low, high, count), 2)
+    return list(dict.fromkeys(float(v) + 0.0 for v in values))  # distinct, no -0.0
+
+
+def threshold_in_effect_label(evaluation: Evaluation) -> str:
+    """"in effect" and how it was chosen (calibrated / --null-threshold / 0)."""
+    kind = evaluation.results.get("null_threshold_kind")
+    how = _KIND_LABELS.get(kind, str(kind)) if isinstance(kind, str) and kind else ""
+    return f"in effect: {how}" if how else "in effect"
+
+
+def evaluation_threshold_table(evaluation: Evaluation, thresholds: Sequence[float] | None = None
+                               ) -> list[ThresholdRow] | None:
+    """A run's trade-off table (None without a threshold curve), by threshold, always answer
+    last: the threshold in effect, then `thresholds`, or without them the oracle and
+    `SPREAD_COUNT` thresholds spread over the differences of the scored questions."""
+    if evaluation.curve is None or evaluation.gold is None:
+        return None
+    chosen: list[tuple[float, str]] = []
+    threshold = evaluation.threshold
+    if threshold is not None and not math.isnan(threshold):
+        chosen.append((threshold, threshold_in_effect_label(evaluation)))
+    if thresholds is None:
+        oracle = evaluation.oracle_threshold
+        if oracle is not None:
+            chosen.append((oracle, ORACLE_LABEL))
+        extra = spread_thresholds(evaluation.diffs[q] for q in evaluation.gold
+                                  if q in evaluation.diffs)
+    else:
+        extra = list(thresholds)
+    labelled = {t for t, _ in chosen}
+    chosen += [(t, "") for t in dict.fromkeys(extra) if t not in labelled]
+    chosen.sort(key=lambda pair: pair[0])
+    chosen.append((math.inf, ALWAYS_ANSWER))
+    return threshold_table(evaluation.gold, evaluation.best_spans, evaluation.diffs,
+                           [t for t, _ in chosen], [label for _, label in chosen])
+
+
+def parse_thresholds(text: str) -> list[float]:
+    """--thresholds "-14,-12,-10,-8,0": finite numbers, comma-separated."""
+    values = []
+    for item in text.split(","):
+        try:
+            value = float(item.strip())
+        except ValueError:
+            raise ConfigError(f"--thresholds must be comma-separated numbers, like "
+                              f"\"-14,-12,-10,-8,0\" (got {text!r})") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"--thresholds must be finite numbers (got {item.strip()!r}); "
+                              "always answer is listed anyway")
+        values.append(value)
+    return values
+
+
+def _score_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def threshold_rows_text(rows: Sequence[ThresholdRow]) -> list[tuple[str, list[str]]]:
+    """(threshold, [EM, F1, HasAns F1, NoAns F1]) as the tables print them."""
+    return [(row.name, [_score_text(row.exact), _score_text(row.f1),
+                        _score_text(row.has_ans_f1), _score_text(row.no_ans_f1)])
+            for row in rows]
+
+
+THRESHOLD_HEADER = ("threshold", "EM", "F1", "HasAns F1", "NoAns F1")
+
+
+def threshold_markdown(rows: Sequence[ThresholdRow]) -> str:
+    """The table in markdown: threshold | EM | F1 | HasAns F1 | NoAns F1."""
+    lines = ["| " + " | ".join(THRESHOLD_HEADER) + " |",
+             "|" + "---|" * len(THRESHOLD_HEADER)]
+    for name, values in threshold_rows_text(rows):
+        cells = [c.replace("|", "\\|") for c in (name, *values)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_threshold_markdown(run: Run, thresholds: Sequence[float]) -> str | None:
+    """`squadft report --thresholds`: a heading line and the run's table at `thresholds`,
+    the threshold in effect and always answer; None when the run has no threshold curve."""
+    if run.evaluation is None:
+        return None
+    rows = evaluation_threshold_table(run.evaluation, thresholds)
+    if rows is None:
+        return None
+    gold = run.evaluation.gold or {}
+    answerable = sum(1 for answers in gold.values() if answers)
+    head = (f"{run.label}: EM/F1 against the no-answer threshold on null score - best span "
+            f"score ({len(gold)} questions: {answerable} HasAns, {len(gold) - answerable} "
+            "NoAns)")
+    return head + "\n\n" + threshold_markdown(rows) + "\n"
+
+
 # --- figures ------------------------------------------------------------------------------------
 
 _FIGSIZE = (6.4, 3.6)
@@ -999,6 +1160,27 @@ def _errors_html(run: Run, count: int) -> str:
     return head + "".join(body)
 
 
+def _thresholds_html(run: Run, several: bool) -> str:
+    """The run's "F1 at other no-answer thresholds" table ("" without a threshold curve)."""
+    evaluation = run.evaluation
+    rows = evaluation_threshold_table(evaluation) if evaluation is not None else None
+    if evaluation is None or not rows:
+        return ""
+    gold = evaluation.gold or {}
+    answerable = sum(1 for answers in gold.values() if answers)
+    title = "F1 at other no-answer thresholds" + (f": {run.label}" if several else "")
+    return (f'<h3 id="thresholds-{esc(run.label)}">{esc(title)}</h3>'
+            + _table(THRESHOLD_HEADER, threshold_rows_text(rows), "thresholds")
+            + '<p class="muted">Each question is answered with its best span when null score - '
+            "best span score is at most the threshold, else with \"\" (always answer: every "
+            f"question gets its best span). HasAns: the {answerable} questions with an answer; "
+            f"NoAns: the {len(gold) - answerable} unanswerable ones (n/a: none). The oracle is "
+            "tuned on these same questions: optimistic, not a result. The other thresholds "
+            "spread from the 5th to the 95th percentile of the score differences; "
+            "<code>squadft report --thresholds</code> prints the table at thresholds of your "
+            "choice.</p>")
+
+
 def render_html(runs: Sequence[Run], *, errors: int = DEFAULT_ERRORS) -> str:
     """The whole page (figures embedded); pure apart from drawing."""
     names = ", ".join(r.label for r in runs)
@@ -1054,6 +1236,10 @@ def render_html(runs: Sequence[Run], *, errors: int = DEFAULT_ERRORS) -> str:
                 "answerability", "HasAns / NoAns against always no answer", fig,
                 "HasAns: questions with an answer; NoAns: unanswerable ones. \"Always no "
                 "answer\" scores the unanswerable share overall, 0 on HasAns, 100 on NoAns."))
+        for run in runs:
+            table = _thresholds_html(run, len(runs) > 1)
+            if table:
+                parts.append(table)
         for which, title in (("word", "F1 by question word"),
                              ("length", "F1 by gold answer length")):
             fig = breakdown_figure(runs, which)
