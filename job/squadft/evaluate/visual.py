@@ -672,6 +672,12 @@ def threshold_markdown(rows: Sequence[ThresholdRow]) -> str:
     return "\n".join(lines)
 
 
+def _answerability_counts(gold: Mapping[str, list[str]]) -> tuple[int, int]:
+    """(HasAns, NoAns): how many gold questions have answers, and how many have none."""
+    has_ans = sum(1 for answers in gold.values() if answers)
+    return has_ans, len(gold) - has_ans
+
+
 def run_threshold_markdown(run: Run, thresholds: Sequence[float]) -> str | None:
     """`squadft report --thresholds`: a heading line and the run's table at `thresholds`,
     the threshold in effect and always answer; None when the run has no threshold curve."""
@@ -681,10 +687,9 @@ def run_threshold_markdown(run: Run, thresholds: Sequence[float]) -> str | None:
     if rows is None:
         return None
     gold = run.evaluation.gold or {}
-    answerable = sum(1 for answers in gold.values() if answers)
+    has_ans, no_ans = _answerability_counts(gold)
     head = (f"{run.label}: EM/F1 against the no-answer threshold on null score - best span "
-            f"score ({len(gold)} questions: {answerable} HasAns, {len(gold) - answerable} "
-            "NoAns)")
+            f"score ({len(gold)} questions: {has_ans} HasAns, {no_ans} NoAns)")
     return head + "\n\n" + threshold_markdown(rows) + "\n"
 
 
@@ -1166,15 +1171,14 @@ def _thresholds_html(run: Run, several: bool) -> str:
     rows = evaluation_threshold_table(evaluation) if evaluation is not None else None
     if evaluation is None or not rows:
         return ""
-    gold = evaluation.gold or {}
-    answerable = sum(1 for answers in gold.values() if answers)
+    has_ans, no_ans = _answerability_counts(evaluation.gold or {})
     title = "F1 at other no-answer thresholds" + (f": {run.label}" if several else "")
     return (f'<h3 id="thresholds-{esc(run.label)}">{esc(title)}</h3>'
             + _table(THRESHOLD_HEADER, threshold_rows_text(rows), "thresholds")
             + '<p class="muted">Each question is answered with its best span when null score - '
             "best span score is at most the threshold, else with \"\" (always answer: every "
-            f"question gets its best span). HasAns: the {answerable} questions with an answer; "
-            f"NoAns: the {len(gold) - answerable} unanswerable ones (n/a: none). The oracle is "
+            f"question gets its best span). HasAns: the {has_ans} questions with an answer; "
+            f"NoAns: the {no_ans} unanswerable ones (n/a: none). The oracle is "
             "tuned on these same questions: optimistic, not a result. The other thresholds "
             "spread from the 5th to the 95th percentile of the score differences; "
             "<code>squadft report --thresholds</code> prints the table at thresholds of your "
