@@ -311,7 +311,7 @@ PRESETS = ("demo", "minilm-cpu")
 def preset_values(name: str) -> dict[str, Any]:
     """Named bundles of overrides for the bundled data and the small MiniLM model (offline).
 
-    minilm-cpu: the CPU recipe that learns to abstain (about 40 minutes on 2 cores);
+    minilm-cpu: the CPU recipe that learns to abstain (about 50 minutes on 2 cores);
     demo: the same data and model in a few minutes.
     """
     if name not in PRESETS:
