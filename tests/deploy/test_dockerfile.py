@@ -2,13 +2,12 @@
 
 The real build runs in CI as its own step (.ci/build-image.sh, a few minutes); these checks
 are the fast part: hadolint, the structure the issue asks for, and pins that cover exactly
-what the package needs, at the versions this test environment runs.
+what the package needs (tests/deploy/test_pins.py checks them against the lock).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import importlib.metadata
 import re
 import shlex
 import shutil
@@ -16,18 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 from squadft import __version__
 
 from tests.deploy.manifests import IMAGE_UID, REPO, pod_templates
+from tests.deploy.pins import LOCK, pins
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
-CONSTRAINTS = REPO / "docker" / "constraints.txt"
-TORCH_CONSTRAINTS = REPO / "docker" / "constraints-torch.txt"
-BUILD_CONSTRAINTS = REPO / "docker" / "constraints-build.txt"
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -53,38 +47,6 @@ def stages(text: str) -> list[list[tuple[str, str]]]:
             groups.append([])
         groups[-1].append((keyword, arguments))
     return groups  # groups[0]: the global ARGs before the first FROM
-
-
-def pins(*paths: Path) -> dict[str, str]:
-    found = {}
-    for path in paths:
-        for line in path.read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                name, _, version = line.partition("==")
-                assert version, f"{path.name}: {line!r} is not pinned with =="
-                found[canonicalize_name(name)] = version
-    return found
-
-
-def requirement_closure(roots: list[str], skip: set[str]) -> set[str]:
-    """Names of the installed distributions `roots` need at run time, not descending into skip."""
-    seen: set[str] = set()
-    todo = list(roots)
-    while todo:
-        name = canonicalize_name(todo.pop())
-        if name in seen or name in skip:
-            continue
-        seen.add(name)
-        for spec in importlib.metadata.distribution(name).requires or []:
-            requirement = Requirement(spec)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                todo.append(requirement.name)
-    return seen
-
-
-def installed_version(name: str) -> str:
-    return importlib.metadata.version(name).split("+")[0]
 
 
 # --- lint and structure ----------------------------------------------------------------------
@@ -233,7 +195,7 @@ def test_pip_installs_are_pinned_and_offline_capable() -> None:
     demo = re.search(r'ARG DEMO_MODEL_REQUIREMENT="([^"]+)"', text)
     assert demo, "the demo model requirement must be a build argument"
     name, _, version = demo.group(1).partition("==")
-    assert version == installed_version(name)
+    assert pins(LOCK)[name] == version  # the image's demo model is the tested one
     for keyword, arguments in instructions(text):
         if keyword == "RUN" and "pip" in arguments:
             assert "--no-cache-dir" in arguments
@@ -297,46 +259,3 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
     for source in sources:
         assert not ignored(source.rstrip("/"), patterns), source
         assert (REPO / source).exists(), source
-
-
-# --- pins ----------------------------------------------------------------------------------
-
-
-def test_constraints_pin_every_runtime_dependency_at_the_tested_version() -> None:
-    runtime = pins(CONSTRAINTS)
-    torch_only = pins(TORCH_CONSTRAINTS)
-    assert "torch" not in runtime and "torch" not in torch_only  # from the base image
-    needed = requirement_closure(["squadft"], skip={"torch"}) - {"squadft"}
-    missing = sorted(needed - set(runtime))
-    assert not missing, f"add to docker/constraints.txt: {missing}"
-    extra = sorted(set(runtime) - needed)
-    assert not extra, f"docker/constraints.txt pins packages squadft does not need: {extra}"
-    torch_needs = requirement_closure(["torch"], skip=set()) - {"torch"}
-    missing = sorted(torch_needs - set(runtime) - set(torch_only))
-    assert not missing, f"add to docker/constraints-torch.txt: {missing}"
-    stale = {
-        name: (version, installed_version(name))
-        for name, version in {**runtime, **torch_only}.items()
-        if installed_version(name) != version
-    }
-    assert not stale, f"pins differ from the tested environment (pinned, installed): {stale}"
-
-
-def test_build_backend_is_pinned_within_pyproject_requirement() -> None:
-    import tomllib
-
-    backend = pins(BUILD_CONSTRAINTS)
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    for spec in pyproject["build-system"]["requires"]:
-        requirement = Requirement(spec)
-        name = canonicalize_name(requirement.name)
-        assert name in backend, f"pin {name} in docker/constraints-build.txt"
-        assert requirement.specifier.contains(backend[name]), (spec, backend[name])
-
-
-@pytest.mark.parametrize(
-    "path", [CONSTRAINTS, TORCH_CONSTRAINTS, BUILD_CONSTRAINTS], ids=lambda p: p.name
-)
-def test_pin_files_are_sorted_and_unique(path: Path) -> None:
-    names = list(pins(path))
-    assert names == sorted(set(names))

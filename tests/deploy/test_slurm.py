@@ -1,7 +1,9 @@
 """slurm/train.sh on a real single-node Slurm: header, launchers, signal forwarding, requeue.
 
-The cluster comes from .ci/slurm-up.sh (CI runs it first; the fixture runs it when `sinfo`
-does not answer). The mechanics tests use SQUADFT_CMD with tests/deploy/standin_trainer.py,
+The cluster is the tests' own (tests/deploy/slurm_cluster.py): started for this module with a
+private configuration, munged and ports, and stopped when it ends, so a Slurm already on the
+machine is left as it was. It needs root; without root these tests are skipped, saying so. The
+mechanics tests use SQUADFT_CMD with tests/deploy/standin_trainer.py,
 which reacts to signals like squadft but needs no training; the last test runs the real
 `squadft train` with a tiny model through the same script, preempts it and lets it resume.
 """
@@ -16,14 +18,17 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.deploy.slurm_cluster import (
+    NEEDS_ROOT,
     REPO,
     TRAIN_SCRIPT,
-    ensure_cluster,
+    LocalSlurm,
+    cluster_config,
     job_fields,
     node_idle,
     run,
@@ -33,14 +38,23 @@ from tests.deploy.slurm_cluster import (
 
 STANDIN = Path(__file__).with_name("standin_trainer.py")
 STANDIN_CMD = f"{sys.executable} {STANDIN}"
-SHELL_SCRIPTS = [TRAIN_SCRIPT, REPO / ".ci" / "slurm-up.sh", REPO / ".ci" / "build-image.sh"]
+SHELL_SCRIPTS = [TRAIN_SCRIPT, REPO / ".ci" / "run", REPO / ".ci" / "build-image.sh"]
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
 LAUNCHERS = ["torchrun", "srun"]
 
 
 @pytest.fixture(scope="module")
-def slurm() -> None:
-    ensure_cluster()
+def slurm() -> Iterator[LocalSlurm]:
+    if os.geteuid() != 0:
+        pytest.skip(NEEDS_ROOT)
+    cluster = LocalSlurm()
+    with pytest.MonkeyPatch.context() as patch:
+        try:
+            cluster.start()
+            patch.setenv("SLURM_CONF", str(cluster.conf))  # sbatch, scontrol, srun: this one
+            yield cluster
+        finally:
+            cluster.stop()
 
 
 def sbatch_header() -> dict[str, str]:
@@ -120,13 +134,23 @@ def test_header_asks_for_the_preemption_contract() -> None:
     assert header["--time"]
 
 
-def test_sbatch_test_only_accepts_the_script_as_written(slurm: None) -> None:
+def test_the_cluster_is_the_tests_own_and_binds_tasks(slurm: LocalSlurm) -> None:
+    config = cluster_config()
+    assert config["SLURM_CONF"] == str(slurm.conf)
+    assert config["ClusterName"] == "squadft-test"
+    assert str(slurm.root) in config["AuthInfo"]  # its own munged, not the machine's
+    # an older cluster with task/none would let the CPU-binding test below pass regardless
+    assert config["TaskPlugin"] == "task/affinity"
+    assert not str(slurm.conf).startswith("/etc/")
+
+
+def test_sbatch_test_only_accepts_the_script_as_written(slurm: LocalSlurm) -> None:
     result = run(["sbatch", "--test-only", str(TRAIN_SCRIPT)])
     assert result.returncode == 0, result.stderr
     assert "to start at" in result.stderr
 
 
-def test_unknown_launcher_is_a_configuration_error(slurm: None, tmp_path: Path) -> None:
+def test_unknown_launcher_is_a_configuration_error(slurm: LocalSlurm, tmp_path: Path) -> None:
     job_id = submit([str(TRAIN_SCRIPT)], {"SQUADFT_LAUNCHER": "mpirun"}, tmp_path)
     log = tmp_path / f"slurm-{job_id}.out"
     fields = wait_finished(job_id, log)
@@ -138,7 +162,7 @@ def test_unknown_launcher_is_a_configuration_error(slurm: None, tmp_path: Path) 
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_job_completes(slurm: None, tmp_path: Path, launcher: str) -> None:
+def test_job_completes(slurm: LocalSlurm, tmp_path: Path, launcher: str) -> None:
     out = tmp_path / "run"
     env = {"SQUADFT_CMD": STANDIN_CMD, "SQUADFT_LAUNCHER": launcher}
     job_id = submit([str(TRAIN_SCRIPT), "--output-dir", str(out)], env, tmp_path)
@@ -155,11 +179,11 @@ def test_job_completes(slurm: None, tmp_path: Path, launcher: str) -> None:
 
 @pytest.mark.parametrize(("launcher", "nproc"), [("torchrun", 1), ("torchrun", 2), ("srun", 1)])
 def test_training_processes_may_use_every_cpu_of_the_allocation(
-    slurm: None, tmp_path: Path, launcher: str, nproc: int
+    slurm: LocalSlurm, tmp_path: Path, launcher: str, nproc: int
 ) -> None:
     """Since Slurm 22.05 srun no longer inherits sbatch's --cpus-per-task: a step that does not
     ask for the CPUs again runs each task with one, and where tasks are bound to CPUs (the test
-    cluster binds them, see .ci/slurm-up.sh) torchrun and all its workers share that one CPU.
+    cluster binds them, see slurm_cluster.py) torchrun and all its workers share that one CPU.
     Each training process must be able to run on all the CPUs its task was allocated."""
     # Two CPUs tell "one CPU" from "all of them" and fit any machine with two: the cluster's
     # pretend CPUs fold onto the real ones, so a task can be bound to at most that many.
@@ -194,7 +218,9 @@ def test_training_processes_may_use_every_cpu_of_the_allocation(
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_usr1_checkpoints_requeues_and_resumes(slurm: None, tmp_path: Path, launcher: str) -> None:
+def test_usr1_checkpoints_requeues_and_resumes(
+    slurm: LocalSlurm, tmp_path: Path, launcher: str
+) -> None:
     out = tmp_path / "run"
     env = {"SQUADFT_CMD": STANDIN_CMD, "SQUADFT_LAUNCHER": launcher}
     job_id = submit(
@@ -217,7 +243,7 @@ def test_usr1_checkpoints_requeues_and_resumes(slurm: None, tmp_path: Path, laun
     assert json.loads((out / "final.json").read_text()) == {"resumed_from": 7}
 
 
-def test_requeue_limit_stops_requeueing(slurm: None, tmp_path: Path) -> None:
+def test_requeue_limit_stops_requeueing(slurm: LocalSlurm, tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {"SQUADFT_CMD": STANDIN_CMD, "SQUADFT_MAX_REQUEUES": "0", "SQUADFT_LAUNCHER": "srun"}
     job_id = submit(
@@ -237,7 +263,7 @@ def test_requeue_limit_stops_requeueing(slurm: None, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_real_squadft_is_preempted_requeued_and_resumes(
-    slurm: None, tmp_path: Path, tiny_model_dir: Path, sample_dir: Path
+    slurm: LocalSlurm, tmp_path: Path, tiny_model_dir: Path, sample_dir: Path
 ) -> None:
     out = tmp_path / "run"
     env = {
