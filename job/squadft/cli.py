@@ -1,8 +1,9 @@
-"""`squadft` command line: parse flags into a Config, call the pipeline, map errors to exits.
+"""`squadft` command line: parse flags into a Config, call a flow, map errors to exits.
 
 This module holds no logic. The flags of `pull`, `prepare`, `train` and `demo` are generated
-from the fields of `squadft.config.Config`, so the dataclass stays the single source of
-defaults and help text.
+from the fields of `squadft.config.Config`, and those of `evaluate` and `predict` take their
+help and defaults from the same fields (`_config_option`), so the dataclass stays the single
+source of defaults and help text (tests/test_cli.py checks every command's help against it).
 """
 
 from __future__ import annotations
@@ -143,9 +144,9 @@ PresetOption = Annotated[
     help="Download SQuAD (train and dev) into the cache and verify it.",
 )
 def pull(cfg: Config, preset: PresetOption = None) -> None:
-    from squadft import pipeline
+    from squadft.flows import preparation
 
-    pipeline.pull(cfg)
+    preparation.pull(cfg)
 
 
 @config_command(
@@ -153,16 +154,16 @@ def pull(cfg: Config, preset: PresetOption = None) -> None:
     help="Pull, parse and tokenize SQuAD into cached sliding-window features; print counts.",
 )
 def prepare(cfg: Config, preset: PresetOption = None) -> None:
-    from squadft import pipeline
+    from squadft.flows import preparation
 
-    pipeline.prepare(cfg)
+    preparation.prepare(cfg)
 
 
 @config_command(help="Run the whole job: pull, prepare, train, save, evaluate, upload.")
 def train(cfg: Config, preset: PresetOption = None) -> None:
-    from squadft import pipeline
+    from squadft.flows import training
 
-    pipeline.train(cfg)
+    training.train(cfg)
 
 
 @config_command(
@@ -171,19 +172,19 @@ def train(cfg: Config, preset: PresetOption = None) -> None:
     "(all-MiniLM-L6-v2), a few minutes on 2 CPU cores. Same as `train --preset demo`.",
 )
 def demo(cfg: Config) -> None:
-    from squadft import pipeline
+    from squadft.flows import training
 
-    pipeline.train(cfg)
+    training.train(cfg)
 
 
-# --- evaluation commands (evaluate, score, predict) go here ----------------------------------
+# --- evaluation commands: evaluate, score, predict, report ----------------------------------
 
 def _eval_config(model_dir: str, **overrides: Any) -> tuple[Config, Any]:
     """Defaults < the model's saved inference settings < SQUADFT_* environment < the flags
     given (None = not given); also returns those settings (None when the model has none)."""
-    from squadft.evaluate.report import model_settings
+    from squadft.evaluate.calibration import InferenceSettings
 
-    settings = model_settings(model_dir)
+    settings = InferenceSettings.load(model_dir)
     base = settings.config_values() if settings is not None else None
     return Config.resolve(overrides, base=base), settings
 
@@ -191,46 +192,32 @@ def _eval_config(model_dir: str, **overrides: Any) -> tuple[Config, Any]:
 ModelDirOption = Annotated[
     str, typer.Option("--model", help="A save_pretrained directory (model + tokenizer).")
 ]
-_FROM_MODEL = "the model's squadft_inference.json, else"
-MaxSeqLengthOption = Annotated[
-    int | None, typer.Option("--max-seq-length",
-                             help=f"Tokens per window [default: {_FROM_MODEL} 384].")
-]
-DocStrideOption = Annotated[
-    int | None, typer.Option("--doc-stride",
-                             help=f"Overlap between windows [default: {_FROM_MODEL} 128].")
-]
-MaxQueryLengthOption = Annotated[
-    int | None, typer.Option("--max-query-length",
-                             help=f"Question tokens kept [default: {_FROM_MODEL} 64].")
-]
-NBestOption = Annotated[
-    int | None, typer.Option("--n-best",
-                             help=f"Candidate starts/ends per window [default: {_FROM_MODEL} 20].")
-]
-MaxAnswerLengthOption = Annotated[
-    int | None,
-    typer.Option("--max-answer-length",
-                 help=f"Longest answer in tokens [default: {_FROM_MODEL} 30]."),
-]
-NullThresholdOption = Annotated[
-    str | None,
-    typer.Option("--null-threshold", help="Answer \"\" when null score - best span score "
-                 "exceeds this number; 'auto' = the threshold calibrated on held-out data "
-                 "when the model was trained (0 when it has none). Never tuned on the "
-                 "evaluated questions [default: auto]."),
-]
-BatchSizeOption = Annotated[
-    int | None, typer.Option("--batch-size", help="Windows per forward pass [default: 64].")
-]
-PrecisionOption = Annotated[
-    str | None, typer.Option("--precision", help="auto, fp32, bf16 or fp16 [default: auto].")
-]
-DeviceOption = Annotated[
-    str | None, typer.Option("--device", help="auto, cuda or cpu; auto fails rather than use "
-                             "the CPU when the launcher gave GPUs torch cannot use "
-                             "[default: auto].")
-]
+_FROM_MODEL = "the model's squadft_inference.json, else "
+_CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _config_option(name: str, flag: str | None = None, *, saved: bool = False) -> Any:
+    """An evaluate/predict option for Config field `name`, with that field's help, type and
+    default (`saved`: the model's squadft_inference.json, when it has one, comes first)."""
+    f = _CONFIG_FIELDS[name]
+    shown = "none" if f.default is None else str(f.default)
+    help_text = (f"{f.metadata['help']} [env {ENV_PREFIX}{name.upper()}; default: "
+                 f"{_FROM_MODEL if saved else ''}{shown}]")
+    option = typer.Option(flag or "--" + name.replace("_", "-"), help=help_text,
+                          show_default=False)
+    return Annotated[field_type(f) | None, option]
+
+
+MaxSeqLengthOption = _config_option("max_seq_length", saved=True)
+DocStrideOption = _config_option("doc_stride", saved=True)
+MaxQueryLengthOption = _config_option("max_query_length", saved=True)
+NBestOption = _config_option("n_best", saved=True)
+MaxAnswerLengthOption = _config_option("max_answer_length", saved=True)
+NullThresholdOption = _config_option("null_threshold")
+BatchSizeOption = _config_option("eval_batch_size", "--batch-size")
+PrecisionOption = _config_option("precision")
+DeviceOption = _config_option("device")
+MaxEvalSamplesOption = _config_option("max_eval_samples")
 
 
 @app.command(help="Evaluate a saved model on a SQuAD file: write predictions.json, "
@@ -245,7 +232,8 @@ def evaluate(
         "to B-1 only.")],
     output_dir: Annotated[
         str | None,
-        typer.Option("--output-dir", help="Where the outputs go [default: <output_dir>/evaluate]."),
+        typer.Option("--output-dir", help="Where the outputs go [default: <output_dir>/evaluate, "
+                     f"{_CONFIG_FIELDS['output_dir'].default}/evaluate]."),
     ] = None,
     batch_size: BatchSizeOption = None,
     n_best: NBestOption = None,
@@ -254,14 +242,13 @@ def evaluate(
     max_seq_length: MaxSeqLengthOption = None,
     doc_stride: DocStrideOption = None,
     max_query_length: MaxQueryLengthOption = None,
-    max_eval_samples: Annotated[
-        int | None, typer.Option("--max-eval-samples", help="Only the first N questions.")
-    ] = None,
+    max_eval_samples: MaxEvalSamplesOption = None,
     precision: PrecisionOption = None,
     device: DeviceOption = None,
 ) -> None:
     with handle_errors():
-        from squadft.evaluate import report
+        from squadft.evaluate.scoring import format_metrics
+        from squadft.flows.evaluation import run_evaluation
 
         cfg, settings = _eval_config(
             model, eval_batch_size=batch_size, n_best=n_best,
@@ -271,14 +258,14 @@ def evaluate(
             precision=precision, device=device,
         )
         target = output_dir or os.path.join(cfg.output_dir, "evaluate")
-        run = report.run_evaluation(cfg, model_dir=model, data_path=data, output_dir=target,
+        run = run_evaluation(cfg, model_dir=model, data_path=data, output_dir=target,
                                     settings=settings)
         if run.is_main:
             for note in run.notes:
                 typer.echo(f"squadft: {note}", err=True)
             for warning in run.warnings:
                 typer.echo(f"squadft: warning: {warning}", err=True)
-            typer.echo(report.format_metrics(run.metrics))
+            typer.echo(format_metrics(run.metrics))
             typer.echo(f"outputs in {run.output_dir}")
 
 
@@ -297,9 +284,9 @@ def score(
     with handle_errors():
         import json
 
-        from squadft.evaluate import report
+        from squadft.evaluate.scoring import score_files
 
-        result = report.score_files(predictions, data, na_probs_path=na_probs,
+        result = score_files(predictions, data, na_probs_path=na_probs,
                                     na_prob_thresh=na_prob_thresh)
         for warning in result.warnings:
             typer.echo(f"squadft: warning: {warning}", err=True)
@@ -335,23 +322,23 @@ def predict(
         import json
 
         from squadft.errors import ConfigError
-        from squadft.evaluate import report
+        from squadft.flows import prediction
 
         if (input is None) == (question is None and context is None):
             raise ConfigError("give either --input FILE or both --question and --context")
         if input is None and (question is None or context is None):
             raise ConfigError("--question and --context go together")
         if input is not None:
-            questions = report.read_questions_jsonl(input)
+            questions = prediction.read_questions_jsonl(input)
         else:
-            questions = [report.question_from_flags(question or "", context or "")]
+            questions = [prediction.question_from_flags(question or "", context or "")]
         cfg, settings = _eval_config(
             model, eval_batch_size=batch_size, n_best=n_best,
             max_answer_length=max_answer_length, null_threshold=null_threshold,
             max_seq_length=max_seq_length, doc_stride=doc_stride,
             max_query_length=max_query_length, precision=precision, device=device,
         )
-        answers = report.run_prediction(cfg, model_dir=model, questions=questions,
+        answers = prediction.run_prediction(cfg, model_dir=model, questions=questions,
                                         settings=settings, output_path=output)
         if output is None:
             for answer in answers:
@@ -385,16 +372,17 @@ def report_command(
 ) -> None:
     with handle_errors():
         from squadft.errors import DataError
-        from squadft.evaluate import visual
+        from squadft.report.page import write_report
+        from squadft.report.tables import parse_thresholds, run_threshold_markdown
 
-        wanted = visual.parse_thresholds(thresholds) if thresholds is not None else None
-        path, runs = visual.write_report(run_dirs, output=output, data=data, errors=errors)
+        wanted = parse_thresholds(thresholds) if thresholds is not None else None
+        path, runs = write_report(run_dirs, output=output, data=data, errors=errors)
         for run in runs:
             for note in run.notes:
                 typer.echo(f"squadft: {run.label}: {note}", err=True)
         typer.echo(f"report written to {path}")
         if wanted is not None:
-            tables = [(run, visual.run_threshold_markdown(run, wanted)) for run in runs]
+            tables = [(run, run_threshold_markdown(run, wanted)) for run in runs]
             for run, table in tables:
                 if table is None:
                     typer.echo(f"squadft: {run.label}: no threshold curve, so no --thresholds "
@@ -405,9 +393,7 @@ def report_command(
                 raise DataError("--thresholds: no run has a threshold curve (it needs "
                                 "eval_results.json, nbest_predictions.json and the dev data)")
 
-# EVALUATION-COMMANDS-END
-
-# --- storage commands (upload) go here -------------------------------------------------------
+# --- storage commands: upload ----------------------------------------------------------------
 @config_command(
     groups=("storage",),
     help="Upload a directory (a checkpoint, final/, any folder) to s3://bucket/prefix: checks "
@@ -422,8 +408,6 @@ def upload(
 
     typer.echo(upload_command(cfg, directory, destination))
 
-
-# STORAGE-COMMANDS-END
 
 
 def main() -> None:

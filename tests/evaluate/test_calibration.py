@@ -20,8 +20,8 @@ from squadft.evaluate.calibration import (
     resolve_null_threshold,
 )
 from squadft.evaluate.postprocess import PostprocessResult
-from squadft.evaluate.report import evaluate_model
 from squadft.evaluate.squad_metrics import evaluate_predictions
+from squadft.flows.evaluation import evaluate_model
 
 from tests.evaluate.windows import build_windows
 from tests.helpers import make_tiny_model

@@ -14,7 +14,8 @@ from squadft.config import Config
 from squadft.data.features import Features
 from squadft.data.squad import Example
 from squadft.evaluate.calibration import resolve_null_threshold
-from squadft.evaluate.inference import PADDING_LOGIT, predict_logits, resolve_precision
+from squadft.evaluate.inference import PADDING_LOGIT, predict_logits
+from squadft.runtime.precision import autocast_dtype, resolve_precision
 
 from tests.evaluate.windows import build_windows
 from tests.helpers import make_tiny_model
@@ -68,8 +69,8 @@ def test_bf16_autocast_runs_close_to_fp32(small_set: tuple[list, Features]) -> N
     low, _ = predict_logits(model, features, batch_size=32, device="cpu", precision="bf16")
     assert low.dtype == np.float32
     assert np.abs(low - start).max() < 0.1
-    assert resolve_precision("auto", torch.device("cpu")) is None
-    assert resolve_precision("fp16", torch.device("cpu")) is torch.float16
+    assert autocast_dtype(resolve_precision("auto", torch.device("cpu"))) is None
+    assert autocast_dtype(resolve_precision("fp16", torch.device("cpu"))) is torch.float16
 
 
 def _real_columns(features: Features, logits: np.ndarray) -> np.ndarray:
@@ -120,7 +121,7 @@ def test_bf16_evaluation_of_a_model_without_a_linear_qa_head(
 
 def _distributed_worker(rank: int, init_file: str, model_dir: str, features: Features,
                         examples: list[Example], out_dir: str) -> None:
-    from squadft.evaluate.report import calibrate_model, evaluate_model
+    from squadft.flows.evaluation import calibrate_model, evaluate_model
     from squadft.modeling import load_model
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
@@ -150,7 +151,7 @@ def test_two_process_gloo_equals_single_process(
     small_set: tuple[list[Example], Features], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     import torch.multiprocessing as mp
-    from squadft.evaluate.report import calibrate_model, evaluate_model
+    from squadft.flows.evaluation import calibrate_model, evaluate_model
     from squadft.modeling import load_model
 
     examples, features = small_set

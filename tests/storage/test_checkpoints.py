@@ -21,9 +21,9 @@ from squadft.storage.checkpoints import (
     prune_remote_checkpoints,
     remote_finder,
 )
-from squadft.storage.manifest import MANIFEST_NAME
+from squadft.storage.manifest import MANIFEST_NAME, verify_manifest, write_manifest
 from squadft.storage.s3 import S3Location, list_keys, make_client, upload_directory
-from squadft.train.checkpoint import resolve_resume, verify_manifest, write_manifest
+from squadft.train.checkpoint import resolve_resume
 
 from tests.storage.conftest import SeaweedServer, fast_settings
 from tests.storage.fault_proxy import Fault, FaultProxy

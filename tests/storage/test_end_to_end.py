@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from squadft import pipeline
 from squadft.config import Config
+from squadft.flows import training
 from squadft.storage.checkpoints import (
     CheckpointUploader,
     list_remote_checkpoints,
@@ -37,7 +37,7 @@ def test_resume_from_bucket_on_a_new_node(
         return Config(**{**values, **changes})
 
     reference = settings("reference", s3_uri=None)
-    pipeline.train(reference)
+    training.train(reference)
 
     first = settings("node-a")
     uploader = CheckpointUploader.from_config(first)
@@ -49,7 +49,7 @@ def test_resume_from_bucket_on_a_new_node(
             raise NodeLost
 
     with pytest.raises(NodeLost):
-        pipeline.train(first, on_checkpoint=upload_then_die_after_step_4,
+        training.train(first, on_checkpoint=upload_then_die_after_step_4,
                        remote_finder=remote_finder(first))
     uploader.close(timeout=60)
     base = S3Location(bucket, "run")
@@ -57,7 +57,7 @@ def test_resume_from_bucket_on_a_new_node(
 
     second = settings("node-b")
     uploader = CheckpointUploader.from_config(second)
-    result = pipeline.train(second, on_checkpoint=uploader.submit,
+    result = training.train(second, on_checkpoint=uploader.submit,
                             remote_finder=remote_finder(second))
     uploader.close(timeout=60)
     assert result.resumed_from == str(tmp_path / "node-b" / "checkpoint-4")

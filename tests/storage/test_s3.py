@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from squadft.errors import ChecksumError, ConfigError, DataError, StorageError
 from squadft.io import sha256_file
-from squadft.storage.manifest import MANIFEST_NAME, parse_manifest
+from squadft.storage.manifest import MANIFEST_NAME, parse_manifest, write_manifest
 from squadft.storage.s3 import (
     S3Location,
     S3Source,
@@ -24,7 +24,6 @@ from squadft.storage.s3 import (
     make_client,
     upload_directory,
 )
-from squadft.train.checkpoint import write_manifest
 
 from tests.storage.conftest import SECRET_KEY, SeaweedServer, fast_settings
 from tests.storage.fault_proxy import Fault, FaultProxy

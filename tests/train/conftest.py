@@ -12,12 +12,12 @@ from tests.train.common import run_settings
 def shared_cache(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path,
                  tiny_model_dir: Path) -> Path:
     """A cache with the tiny-run features already built, so parallel ranks never race."""
-    from squadft import pipeline
+    from squadft.flows import preparation
 
     cache = tmp_path_factory.mktemp("cache")
     settings = run_settings(sample_dir, tiny_model_dir, cache,
                             output_dir=str(cache / "unused-output"))
-    pipeline.prepare(Config(**settings), verbose=False)
+    preparation.prepare(Config(**settings), verbose=False)
     return cache
 
 

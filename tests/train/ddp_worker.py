@@ -14,12 +14,12 @@ from pathlib import Path
 
 def main() -> int:
     from safetensors.torch import save_file
-    from squadft import pipeline
     from squadft.config import Config
     from squadft.errors import EXIT_PREEMPTED, Preempted
+    from squadft.flows import preparation
     from squadft.modeling import load_model, load_tokenizer
+    from squadft.runtime.distributed import cleanup, setup_distributed
     from squadft.train.checkpoint import seed_everything
-    from squadft.train.distributed import cleanup, setup_distributed
     from squadft.train.loop import train_model
 
     cfg = Config(**json.loads(sys.argv[1]))
@@ -27,7 +27,7 @@ def main() -> int:
     ctx = setup_distributed()
     (dump / f"pid-{ctx.rank}").write_text(str(os.getpid()))
     tokenizer = load_tokenizer(cfg.model)
-    data = pipeline.prepare(cfg, tokenizer, splits=("train",), verbose=False)
+    data = preparation.prepare(cfg, tokenizer, splits=("train",), verbose=False)
     seed_everything(cfg.seed)
     model = load_model(cfg.model)
     code = 0

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from squadft import pipeline
 from squadft.config import Config
 from squadft.errors import ModelLoadError, OutOfMemory, StorageError
-from squadft.train.checkpoint import verify_manifest
-from squadft.train.distributed import setup_distributed
+from squadft.flows import preparation, training
+from squadft.runtime.distributed import setup_distributed
+from squadft.storage.manifest import verify_manifest
 from squadft.train.loop import train_model
 
 from tests.train.common import (
@@ -29,7 +29,7 @@ from tests.train.common import (
 def test_loss_falls_and_final_model_loads_without_squadft(tiny_settings: Any) -> None:
     settings = tiny_settings(max_steps=40, save_steps=15, save_total_limit=1, do_eval=True,
                              logging_steps=2)
-    result = pipeline.train(Config(**settings))
+    result = training.train(Config(**settings))
     out = Path(settings["output_dir"])
     losses = [m["loss"] for m in read_metrics(out)]
     assert len(losses) == 20 and result.steps == 40
@@ -54,24 +54,48 @@ def test_loss_falls_and_final_model_loads_without_squadft(tiny_settings: Any) ->
     assert max_weight_difference(trained, {k: v for k, v in model.state_dict().items()}) == 0
 
 
+def _steps_in_memory(settings: dict[str, Any], steps: int) -> tuple[list[float], dict]:
+    """`steps` optimizer steps of the product's Trainer.train_step, in this process, from the
+    same initial weights: (the loss of each step, the weights after)."""
+    from squadft.modeling import load_model, load_tokenizer
+    from squadft.train.checkpoint import seed_everything
+    from squadft.train.loop import Trainer, batches_from
+    from squadft.train.tracking import MetricsLogger
+
+    cfg = Config(**settings)
+    features = preparation.prepare(cfg, splits=("train",), verbose=False).train.features
+    seed_everything(cfg.seed)  # the QA head starts the same in both runs
+    model = load_model(cfg.model)
+    trainer = Trainer(cfg, model, load_tokenizer(cfg.model), features,
+                      setup_distributed({}, device="cpu"),
+                      metrics=MetricsLogger(cfg, enabled=False))
+    data = batches_from(trainer.loader, trainer.sampler, 0, 0)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        trainer.train_step(data)
+        losses.append(float(trainer.step_loss))
+    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def test_gradient_accumulation_matches_the_large_batch(tiny_settings: Any) -> None:
     common = {"max_steps": 3, "length_bucketing": False, **ADAM_COMPARABLE}
-    big = tiny_settings("big", batch_size=8, **common)
-    accumulated = tiny_settings("accum", batch_size=4, grad_accum_steps=2, **common)
-    pipeline.train(Config(**big))
-    pipeline.train(Config(**accumulated))
-    big_out, acc_out = Path(big["output_dir"]), Path(accumulated["output_dir"])
-    assert max_weight_difference(load_weights(big_out / "final"),
-                                 load_weights(acc_out / "final")) < 1e-5
-    for step, loss in step_losses(big_out).items():
-        assert step_losses(acc_out)[step] == pytest.approx(loss, abs=1e-5)
+    big_losses, big = _steps_in_memory(tiny_settings("big", batch_size=8, **common), 3)
+    acc_losses, accumulated = _steps_in_memory(
+        tiny_settings("accum", batch_size=4, grad_accum_steps=2, **common), 3)
+    assert max_weight_difference(big, accumulated) < 1e-5
+    assert acc_losses == pytest.approx(big_losses, abs=1e-5)
+    # and the steps did train: the weights moved and the losses differ from step to step
+    initial = _steps_in_memory(tiny_settings("none", batch_size=8, **common), 0)[1]
+    assert max_weight_difference(big, initial) > 1e-3
+    assert len(set(big_losses)) == 3
 
 
 def test_resume_skips_incomplete_and_corrupt_checkpoints(
     tiny_settings: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings = tiny_settings(max_steps=6, save_steps=2, save_total_limit=0)
-    pipeline.train(Config(**settings))
+    training.train(Config(**settings))
     out = Path(settings["output_dir"])
     reference_losses = step_losses(out)
     reference = load_weights(out / "final")
@@ -80,7 +104,7 @@ def test_resume_skips_incomplete_and_corrupt_checkpoints(
     optimizer.write_bytes(optimizer.read_bytes()[:-10])  # truncated by a full disk
     capsys.readouterr()
 
-    result = pipeline.train(Config(**settings))
+    result = training.train(Config(**settings))
     err = capsys.readouterr().err
     assert "skipping checkpoint" in err and "checkpoint-6: no manifest.json" in err
     assert "checkpoint-4: optimizer.pt has" in err
@@ -101,7 +125,7 @@ def test_resume_with_another_model_is_refused_and_changed_settings_are_listed(
     from tests.train.common import cli_flags
 
     settings = tiny_settings(max_steps=2, save_steps=2)
-    pipeline.train(Config(**settings))
+    training.train(Config(**settings))
     other = tmp_path / "other-model"
     shutil.copytree(tiny_model_dir, other)
     result = CliRunner().invoke(app, ["train", *cli_flags({**settings, "model": str(other),
@@ -124,11 +148,11 @@ def test_resume_with_another_model_is_refused_and_changed_settings_are_listed(
 
 def test_unknown_model_and_unwritable_output(tiny_settings: Any, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="pass a local save_pretrained directory"):
-        pipeline.train(Config(**tiny_settings(model="no-such-org/no-such-model")))
+        training.train(Config(**tiny_settings(model="no-such-org/no-such-model")))
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(StorageError, match="cannot write"):
-        pipeline.train(Config(**tiny_settings(output_dir=str(blocker / "out"))))
+        training.train(Config(**tiny_settings(output_dir=str(blocker / "out"))))
 
 
 class RunsOutOfMemory(torch.nn.Module):
@@ -166,7 +190,7 @@ def test_out_of_memory_keeps_the_last_step_and_suggests_smaller_batches(
     from squadft.modeling import load_model, load_tokenizer
 
     cfg = Config(**tiny_settings(max_steps=10))
-    data = pipeline.prepare(cfg, splits=("train",), verbose=False)
+    data = preparation.prepare(cfg, splits=("train",), verbose=False)
     model = RunsOutOfMemory(load_model(str(tiny_model_dir)), fail_on_call=4, error=error)
     with pytest.raises(OutOfMemory, match="smaller --batch-size .* --grad-accum-steps"):
         train_model(cfg, model, load_tokenizer(str(tiny_model_dir)), data.train.features,
@@ -182,7 +206,7 @@ def test_other_runtime_errors_are_not_called_out_of_memory(
     from squadft.modeling import load_model, load_tokenizer
 
     cfg = Config(**tiny_settings(max_steps=10))
-    data = pipeline.prepare(cfg, splits=("train",), verbose=False)
+    data = preparation.prepare(cfg, splits=("train",), verbose=False)
     model = RunsOutOfMemory(load_model(str(tiny_model_dir)), fail_on_call=2,
                             error=RuntimeError("CUDA error: device-side assert triggered"))
     with pytest.raises(RuntimeError, match="device-side assert"):
@@ -256,7 +280,7 @@ def test_ddp_wrapper_does_not_broadcast_buffers_before_each_forward(tmp_path: Pa
 _DRAIN_SCRIPT = """
 import os, signal, sys
 from squadft.errors import Preempted
-from squadft.train.loop import PreemptionWatcher
+from squadft.runtime.preemption import PreemptionWatcher
 
 watcher = PreemptionWatcher().install()
 watcher.trained(5)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 from squadft.errors import EXIT_PREEMPTED
-from squadft.train.checkpoint import verify_manifest
+from squadft.storage.manifest import verify_manifest
 
 from tests.helpers import make_tiny_model
 from tests.train.common import (

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from squadft import pipeline
 from squadft.config import Config, report_targets
 from squadft.errors import ConfigError
+from squadft.flows import training
 from squadft.train.tracking import TRACKING_FILE, MetricsLogger, wandb_history
 
 from tests.train.common import read_metrics, run_settings
@@ -71,13 +71,13 @@ def resumed_run(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path,
             patch.setenv(key, value)
         patch.delenv("WANDB_SERVICE", raising=False)  # wandb sets it: unset again afterwards
         with pytest.raises(Crash):
-            pipeline.train(Config(**settings), on_checkpoint=crash_at(STEPS))
+            training.train(Config(**settings), on_checkpoint=crash_at(STEPS))
         first = {"metrics": read_metrics(out),
                  "tensorboard": sorted((out / "tensorboard").iterdir()),
                  "wandb": sorted((out / "wandb").glob("offline-run-*"))}
         for step in (4, 6):
             (out / f"checkpoint-{step}" / "manifest.json").unlink()
-        result = pipeline.train(Config(**settings))
+        result = training.train(Config(**settings))
     assert result.resumed_from == str(out / "checkpoint-2")
     yield {"out": out, "root": root, "first": first, "cfg": Config(**settings)}
 
@@ -290,7 +290,7 @@ def test_mlflow_store_that_cannot_be_used_is_a_config_error(
 
 def test_report_to_none_writes_only_metrics_jsonl(tiny_settings: Any) -> None:
     settings = tiny_settings(max_steps=2, report_to="none")
-    pipeline.train(Config(**settings))
+    training.train(Config(**settings))
     out = Path(settings["output_dir"])
     assert [m["step"] for m in read_metrics(out)] == [1, 2]
     assert not (out / "tensorboard").exists() and not (out / "wandb").exists()

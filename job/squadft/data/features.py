@@ -45,6 +45,7 @@ from squadft.io import (
     describe_os_error,
     fsync_dir,
     make_temp_dir,
+    replace_directory,
     sha256_file,
 )
 
@@ -167,7 +168,7 @@ def _build(
     examples: Sequence[Example], tokenizer: Any, max_seq_length: int, doc_stride: int,
     max_query_length: int, template: PairTemplate | None,
 ) -> tuple[Features, FeatureReport]:
-    question_limit = _question_token_limit(tokenizer, max_seq_length, doc_stride, max_query_length)
+    question_limit = question_token_limit(tokenizer, max_seq_length, doc_stride, max_query_length)
     with_token_types = "token_type_ids" in tokenizer.model_input_names
     report = FeatureReport(examples=len(examples))
     backend = _untruncated_backend(tokenizer) if template is not None else None
@@ -197,7 +198,7 @@ def _build(
     return features, report
 
 
-def _question_token_limit(
+def question_token_limit(
     tokenizer: Any, max_seq_length: int, doc_stride: int, max_query_length: int
 ) -> int:
     # The tokenizer panics (a Rust panic, not an exception) unless every window keeps more than
@@ -270,18 +271,7 @@ def _build_chunk(
     ).reshape(total, 2)
     example_index = np.asarray(encoded["overflow_to_sample_mapping"], dtype=np.int32)
 
-    # The context of a window is one contiguous run of sequence-1 tokens: find its ends once per
-    # window (C-level list searches), then mark tokens with numpy.
-    context_first = np.empty(n_windows, dtype=np.int64)
-    context_last = np.empty(n_windows, dtype=np.int64)
-    for w, encoding in enumerate(encoded.encodings):
-        sequence_ids = encoding.sequence_ids
-        try:
-            context_first[w] = sequence_ids.index(1)
-            context_last[w] = len(sequence_ids) - 1 - sequence_ids[::-1].index(1)
-        except ValueError:  # an empty context: the window has no context tokens
-            context_first[w], context_last[w] = 0, -1
-
+    context_first, context_last = _context_ends(encoded.encodings)
     window_of_token = np.repeat(np.arange(n_windows), lengths)
     position = np.arange(total) - row_splits[:-1][window_of_token]
     is_context = (position >= context_first[window_of_token]) & (
@@ -294,6 +284,22 @@ def _build_chunk(
         is_context=is_context, window_of_token=window_of_token, context_first=context_first,
         context_last=context_last,
     )
+
+
+def _context_ends(encodings: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """First and last token of each window's context. The context of a window is one
+    contiguous run of sequence-1 tokens: find its ends once per window (C-level list
+    searches); the caller marks tokens with numpy."""
+    context_first = np.empty(len(encodings), dtype=np.int64)
+    context_last = np.empty(len(encodings), dtype=np.int64)
+    for w, encoding in enumerate(encodings):
+        sequence_ids = encoding.sequence_ids
+        try:
+            context_first[w] = sequence_ids.index(1)
+            context_last[w] = len(sequence_ids) - 1 - sequence_ids[::-1].index(1)
+        except ValueError:  # an empty context: the window has no context tokens
+            context_first[w], context_last[w] = 0, -1
+    return context_first, context_last
 
 
 # --- windows cut from tokenized contexts ---------------------------------------------------------
@@ -443,18 +449,29 @@ def _same_array(left: np.ndarray | None, right: np.ndarray | None) -> bool:
     return left.dtype == right.dtype and np.array_equal(left, right)
 
 
-def _build_chunk_from_contexts(
-    examples: Sequence[Example], tokenizer: Any, backend: Any, template: PairTemplate,
-    max_seq_length: int, doc_stride: int, question_limit: int, with_token_types: bool,
-    report: FeatureReport,
-) -> dict[str, np.ndarray]:
+@dataclasses.dataclass
+class _Pool:
+    """One pool holds every piece a window is made of: the template's special tokens, all
+    questions, all contexts. A window is five ranges of it, gathered in one fancy index."""
+
+    ids: np.ndarray
+    types: np.ndarray
+    offsets: np.ndarray
+    question_base: int  # where the questions start in the pool
+    context_base: int  # where the contexts start
+    question_lengths: np.ndarray  # per example
+    context_lengths: np.ndarray  # per distinct context
+    context_of_example: np.ndarray
+
+
+def _token_pool(examples: Sequence[Example], backend: Any, template: PairTemplate,
+                question_limit: int, report: FeatureReport) -> _Pool:
     question_ids = _encode_questions(examples, backend, question_limit, report)
     context_number: dict[str, int] = {}
     context_of_example = np.fromiter(
         (context_number.setdefault(example.context, len(context_number))
          for example in examples), dtype=np.int64, count=len(examples))
     context_encodings = backend.encode_batch(list(context_number), add_special_tokens=False)
-
     question_lengths = np.fromiter(map(len, question_ids), dtype=np.int64,
                                    count=len(question_ids))
     context_lengths = np.fromiter((len(e.ids) for e in context_encodings), dtype=np.int64,
@@ -467,69 +484,68 @@ def _build_chunk_from_contexts(
     context_offsets = np.fromiter(
         chain.from_iterable(chain.from_iterable(e.offsets for e in context_encodings)),
         dtype=np.int64, count=2 * context_total).reshape(context_total, 2)
-
-    # One pool holds every piece a window is made of: the template's special tokens, all
-    # questions, all contexts. A window is five ranges of it, gathered in one fancy index.
-    prefix, middle, suffix = (np.asarray(ids, dtype=np.int64) for ids in
-                              (template.prefix_ids, template.middle_ids, template.suffix_ids))
-    specials = np.concatenate([prefix, middle, suffix])
+    specials = np.asarray(template.prefix_ids + template.middle_ids + template.suffix_ids,
+                          dtype=np.int64)
     question_base = len(specials)
     context_base = question_base + len(question_tokens)
-    pool_ids = np.concatenate([specials, question_tokens, context_tokens])
-    pool_types = np.concatenate([
+    types = np.concatenate([
         np.asarray(template.prefix_types + template.middle_types + template.suffix_types,
                    dtype=np.int8),
         np.full(len(question_tokens), template.question_type, dtype=np.int8),
         np.full(context_total, template.context_type, dtype=np.int8)])
-    pool_offsets = np.concatenate([np.full((context_base, 2), -1, dtype=np.int64),
-                                   context_offsets])
+    return _Pool(
+        ids=np.concatenate([specials, question_tokens, context_tokens]), types=types,
+        offsets=np.concatenate([np.full((context_base, 2), -1, dtype=np.int64),
+                                context_offsets]),
+        question_base=question_base, context_base=context_base,
+        question_lengths=question_lengths, context_lengths=context_lengths,
+        context_of_example=context_of_example)
 
-    # The tokenizer's overflow (tokenizers' Encoding::truncate): with L context tokens per
-    # window, window k covers context tokens [k * (L - stride), min(k * (L - stride) + L, n)),
-    # and windows stop at the first one that reaches the end of the context.
+
+def _build_chunk_from_contexts(
+    examples: Sequence[Example], tokenizer: Any, backend: Any, template: PairTemplate,
+    max_seq_length: int, doc_stride: int, question_limit: int, with_token_types: bool,
+    report: FeatureReport,
+) -> dict[str, np.ndarray]:
+    pool = _token_pool(examples, backend, template, question_limit, report)
+    question_lengths, context_lengths = pool.question_lengths, pool.context_lengths
+    context_of_example = pool.context_of_example
+    prefix, middle, suffix = (len(template.prefix_ids), len(template.middle_ids),
+                              len(template.suffix_ids))
+
     capacity = max_seq_length - template.special_tokens - question_lengths
-    step = capacity - doc_stride
-    context_length = context_lengths[context_of_example]
-    windows_per_example = np.where(
-        context_length <= capacity, 1,
-        1 + (context_length - capacity + step - 1) // np.maximum(step, 1))
-    example_index = np.repeat(np.arange(len(examples)), windows_per_example)
-    first_window = np.cumsum(windows_per_example) - windows_per_example
-    k = np.arange(len(example_index)) - np.repeat(first_window, windows_per_example)
-    window_start = k * step[example_index]
-    window_stop = np.minimum(window_start + capacity[example_index],
-                             context_length[example_index])
+    example_index, window_start, window_stop = _window_spans(
+        capacity, doc_stride, context_lengths[context_of_example])
 
     question_start = np.cumsum(question_lengths) - question_lengths
     context_start = np.cumsum(context_lengths) - context_lengths
     n_windows = len(example_index)
     segment_starts = np.stack([
         np.zeros(n_windows, dtype=np.int64),
-        question_base + question_start[example_index],
-        np.full(n_windows, len(prefix), dtype=np.int64),
-        context_base + context_start[context_of_example[example_index]] + window_start,
-        np.full(n_windows, len(prefix) + len(middle), dtype=np.int64),
+        pool.question_base + question_start[example_index],
+        np.full(n_windows, prefix, dtype=np.int64),
+        pool.context_base + context_start[context_of_example[example_index]] + window_start,
+        np.full(n_windows, prefix + middle, dtype=np.int64),
     ], axis=1)
     context_in_window = window_stop - window_start
     segment_lengths = np.stack([
-        np.full(n_windows, len(prefix), dtype=np.int64),
+        np.full(n_windows, prefix, dtype=np.int64),
         question_lengths[example_index],
-        np.full(n_windows, len(middle), dtype=np.int64),
+        np.full(n_windows, middle, dtype=np.int64),
         context_in_window,
-        np.full(n_windows, len(suffix), dtype=np.int64),
+        np.full(n_windows, suffix, dtype=np.int64),
     ], axis=1)
     gather = _concatenated_ranges(segment_starts.ravel(), segment_lengths.ravel())
     lengths = segment_lengths.sum(axis=1)
     row_splits = np.zeros(n_windows + 1, dtype=np.int64)
     np.cumsum(lengths, out=row_splits[1:])
 
-    input_ids = pool_ids[gather].astype(np.int32)
-    token_type_ids = pool_types[gather] if with_token_types else None
-    offsets = pool_offsets[gather].astype(np.int32)
-    is_context = gather >= context_base
+    input_ids = pool.ids[gather].astype(np.int32)
+    token_type_ids = pool.types[gather] if with_token_types else None
+    offsets = pool.offsets[gather].astype(np.int32)
+    is_context = gather >= pool.context_base
     has_context = context_in_window > 0
-    context_first = np.where(has_context, len(prefix) + question_lengths[example_index]
-                             + len(middle), 0)
+    context_first = np.where(has_context, prefix + question_lengths[example_index] + middle, 0)
     context_last = np.where(has_context, context_first + context_in_window - 1, -1)
     window_of_token = np.repeat(np.arange(n_windows), lengths)
     example_index = example_index.astype(np.int32)
@@ -539,6 +555,25 @@ def _build_chunk_from_contexts(
         is_context=is_context, window_of_token=window_of_token, context_first=context_first,
         context_last=context_last,
     )
+
+
+def _window_spans(capacity: np.ndarray, doc_stride: int, context_length: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(example of each window, its first context token, one past its last), as the
+    tokenizer's overflow (tokenizers' Encoding::truncate) cuts them: with L context tokens per
+    window, window k covers context tokens [k * (L - stride), min(k * (L - stride) + L, n)),
+    and windows stop at the first one that reaches the end of the context."""
+    step = capacity - doc_stride
+    windows_per_example = np.where(
+        context_length <= capacity, 1,
+        1 + (context_length - capacity + step - 1) // np.maximum(step, 1))
+    example_index = np.repeat(np.arange(len(capacity)), windows_per_example)
+    first_window = np.cumsum(windows_per_example) - windows_per_example
+    k = np.arange(len(example_index)) - np.repeat(first_window, windows_per_example)
+    window_start = k * step[example_index]
+    window_stop = np.minimum(window_start + capacity[example_index],
+                             context_length[example_index])
+    return example_index, window_start, window_stop
 
 
 def _encode_questions(examples: Sequence[Example], backend: Any, limit: int,
@@ -886,16 +921,17 @@ def _store(features: Features, report: FeatureReport, root: Path, final: Path, k
         if final.exists() and (existing is None or existing[2] != examples_fingerprint):
             # A damaged entry under the final name (copied by hand, disk trouble), or one built
             # from other examples under the same data key: replace it.
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.rename(temp, final)
-        except OSError:
-            # Another process (a concurrent rank or job) finished the same key first; theirs is
-            # equivalent, so keep it and drop ours.
-            if not final.is_dir():
-                raise
-            shutil.rmtree(temp, ignore_errors=True)
-        fsync_dir(root)
+            replace_directory(temp, final)
+        else:
+            try:
+                os.rename(temp, final)
+            except OSError:
+                # Another process (a concurrent rank or job) finished the same key first;
+                # theirs is equivalent, so keep it and drop ours.
+                if not final.is_dir():
+                    raise
+                shutil.rmtree(temp, ignore_errors=True)
+            fsync_dir(root)
     except OSError as exc:
         # numpy says "N requested and M written" on a full disk: the reason is told from the
         # free space, so before the partial arrays are deleted

@@ -48,8 +48,9 @@ import urllib3
 from tqdm import tqdm
 
 from squadft.config import Config, redact_url
-from squadft.data.selection import FileSpec, parse_file_list, parse_file_spec
+from squadft.console import say, warn
 from squadft.errors import ChecksumError, ConfigError, DataError, DownloadError, StorageError
+from squadft.filespec import FileSpec, parse_file_list, parse_file_spec
 from squadft.io import (
     GZIP_MAGIC,
     atomic_write_json,
@@ -311,39 +312,8 @@ def _fetch(
         if refresh:
             discard_partial(part)  # a partial download is part of the cache too
         src = open_src()
-        src.download(name, part, progress=progress)
-        if not part.is_file():
-            raise DataError(f"download of {src.describe(name)} produced no file")
-        actual_size = part.stat().st_size
-        if size is not None and actual_size != size:
-            discard_partial(part)
-            raise ChecksumError(
-                f"size mismatch for {src.describe(name)}: expected {size} bytes, got "
-                f"{actual_size}; the download was deleted"
-            )
-        digest = sha256_file(part)
-        if expected is not None and digest != expected:
-            discard_partial(part)
-            raise ChecksumError(
-                f"sha256 mismatch for {src.describe(name)}: expected {expected}, got {digest}; "
-                "the download was deleted"
-            )
-        if expected is None:
-            # Nothing pins the content: an error page served with HTTP 200 or a cut-off body
-            # must not become a cached file that every later run trusts.
-            try:
-                check_squad_file(part, src.describe(name))
-            except DataError:
-                discard_partial(part)
-                raise
-        fingerprint = getattr(src, "fingerprints", {}).get(name)
-        try:
-            _fsync_file(part)
-            os.replace(part, target)
-            fsync_dir(target.parent)
-        except OSError as exc:
-            raise StorageError(describe_os_error(exc, target)) from None
-        _resume_state_path(part).unlink(missing_ok=True)
+        actual_size, digest = _download_verified(src, name, part, expected, size, progress)
+        _commit_download(part, target)
         meta: dict[str, Any] = {
             "source": redact_url(source),
             "name": name,
@@ -351,11 +321,54 @@ def _fetch(
             "sha256": digest,
             "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        fingerprint = getattr(src, "fingerprints", {}).get(name)
         if fingerprint is not None:
             meta["fingerprint"] = fingerprint
         atomic_write_json(sidecar, meta)
         return FetchedFile(path=target, sha256=digest, size=actual_size, from_cache=False,
                            note=note)
+
+
+def _download_verified(src: Source, name: str, part: Path, expected: str | None,
+                       size: int | None, progress: bool) -> tuple[int, str]:
+    """Download `name` into `part` and check it (size, sha256, or that it is SQuAD JSON when
+    nothing pins it); (size, sha256). A file that fails a check is deleted."""
+    src.download(name, part, progress=progress)
+    if not part.is_file():
+        raise DataError(f"download of {src.describe(name)} produced no file")
+    actual_size = part.stat().st_size
+    if size is not None and actual_size != size:
+        discard_partial(part)
+        raise ChecksumError(
+            f"size mismatch for {src.describe(name)}: expected {size} bytes, got "
+            f"{actual_size}; the download was deleted"
+        )
+    digest = sha256_file(part)
+    if expected is not None and digest != expected:
+        discard_partial(part)
+        raise ChecksumError(
+            f"sha256 mismatch for {src.describe(name)}: expected {expected}, got {digest}; "
+            "the download was deleted"
+        )
+    if expected is None:
+        # Nothing pins the content: an error page served with HTTP 200 or a cut-off body
+        # must not become a cached file that every later run trusts.
+        try:
+            check_squad_file(part, src.describe(name))
+        except DataError:
+            discard_partial(part)
+            raise
+    return actual_size, digest
+
+
+def _commit_download(part: Path, target: Path) -> None:
+    try:
+        _fsync_file(part)
+        os.replace(part, target)
+        fsync_dir(target.parent)
+    except OSError as exc:
+        raise StorageError(describe_os_error(exc, target)) from None
+    _resume_state_path(part).unlink(missing_ok=True)
 
 
 def _valid_cached(
@@ -397,8 +410,8 @@ def _revalidate(
     try:
         current = open_src().fingerprint(name)
     except (DataError, DownloadError, StorageError) as exc:
-        _warn(f"warning: {exc}; using the cached copy {target} (fetched "
-              f"{meta.get('fetched_at', 'earlier')}) without checking it for changes")
+        warn(f"{exc}; using the cached copy {target} (fetched "
+             f"{meta.get('fetched_at', 'earlier')}) without checking it for changes")
         return "cached, not checked for changes"
     if not isinstance(recorded, dict):
         # Cached before fingerprints (and content checks) existed: fetch once more.
@@ -490,8 +503,8 @@ def _exclusive_lock(target: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            _warn(f"waiting for {_lock_holder(handle)}, which is fetching {target.name} into "
-                  f"{target.parent}")
+            say(f"waiting for {_lock_holder(handle)}, which is fetching {target.name} into "
+                f"{target.parent}", err=True)
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:  # who holds it, for the message above in other processes; best effort
             handle.truncate(0)
@@ -511,10 +524,6 @@ def _lock_holder(handle: IO[bytes]) -> str:
     except (OSError, ValueError):
         return "another process"
     return f"process {pid} on {host}"
-
-
-def _warn(message: str) -> None:
-    print(f"squadft: {message}", file=sys.stderr, flush=True)
 
 
 def _fsync_file(path: Path) -> None:
@@ -777,57 +786,11 @@ class HttpSource:
         state: _ResumeState | None,
         bar: _Progress,
     ) -> None:
-        status = response.status_code
-        shown = redact_url(url)
-        if status in (404, 410):
-            raise DataError(f"{shown} not found (HTTP {status})")
-        if status in (401, 403):
-            raise DownloadError(f"access to {shown} denied (HTTP {status})")
-        if status == 416:
-            # Our prefix is not a prefix of what the server has now: start over, at once.
-            discard_partial(dest)
-            raise _Retry("HTTP 416 for a resumed range; restarting", wait=False)
-        if status in _RETRY_STATUSES or 500 <= status < 600:
-            raise _Retry(f"HTTP {status}", _retry_after(response.headers.get("Retry-After")))
-        if status not in (200, 206):
-            raise DataError(f"unexpected response from {shown}: HTTP {status}")
-
+        _check_status(response, url, dest)
         encoded = response.headers.get("Content-Encoding", "identity").lower() not in (
             "identity", "")
-        length = _int_header(response.headers.get("Content-Length"))
-        if status == 206 and offset > 0:
-            start, total = _content_range(response.headers.get("Content-Range"))
-            same_version = start == offset and (
-                state is None or state.size is None or total is None or total == state.size)
-            if not same_version or encoded:
-                discard_partial(dest)
-                raise _Retry("server sent a different range or version; restarting", wait=False)
-            mode = "ab"
-            size = total if total is not None else (offset + length if length is not None
-                                                    else None)
-        else:
-            # The whole file (200, or 206 for a range we did not ask for). Either we asked for
-            # all of it, the server ignores Range, or If-Range found the file changed; every
-            # case means starting over.
-            offset = 0
-            mode = "wb"
-            size = None if encoded else length
-            if status == 206:
-                start, total = _content_range(response.headers.get("Content-Range"))
-                if start != 0:
-                    raise DataError(f"unexpected partial response from {shown}")
-                size = total
-            state = _ResumeState(
-                url=redact_url(url), size=size, etag=response.headers.get("ETag"),
-                last_modified=response.headers.get("Last-Modified"))
-            if encoded:
-                # The bytes on the wire are not the file's bytes: resuming is impossible.
-                _resume_state_path(dest).unlink(missing_ok=True)
-            else:
-                atomic_write_json(_resume_state_path(dest), state.__dict__)
-        expected_end = size
-        bar.start(total=expected_end, done=offset)
-
+        offset, mode, size = _resume_or_restart(response, url, dest, offset, state, encoded)
+        bar.start(total=size, done=offset)
         received = offset
         with _open_for_write(dest, mode) as writer:
             try:
@@ -841,9 +804,63 @@ class HttpSource:
             except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
                 raise _Retry(f"connection broke after {received} bytes ({_root_cause(exc)})") \
                     from None
-        if expected_end is not None and received != expected_end:
+        if size is not None and received != size:
             # Older urllib3 does not enforce Content-Length; check it ourselves.
-            raise _Retry(f"response truncated at {received} of {expected_end} bytes")
+            raise _Retry(f"response truncated at {received} of {size} bytes")
+
+
+def _check_status(response: requests.Response, url: str, dest: Path) -> None:
+    """Errors and retries by HTTP status; returns for 200 and 206."""
+    status = response.status_code
+    shown = redact_url(url)
+    if status in (404, 410):
+        raise DataError(f"{shown} not found (HTTP {status})")
+    if status in (401, 403):
+        raise DownloadError(f"access to {shown} denied (HTTP {status})")
+    if status == 416:
+        # Our prefix is not a prefix of what the server has now: start over, at once.
+        discard_partial(dest)
+        raise _Retry("HTTP 416 for a resumed range; restarting", wait=False)
+    if status in _RETRY_STATUSES or 500 <= status < 600:
+        raise _Retry(f"HTTP {status}", _retry_after(response.headers.get("Retry-After")))
+    if status not in (200, 206):
+        raise DataError(f"unexpected response from {shown}: HTTP {status}")
+
+
+def _resume_or_restart(response: requests.Response, url: str, dest: Path, offset: int,
+                       state: _ResumeState | None, encoded: bool
+                       ) -> tuple[int, str, int | None]:
+    """(offset, file mode, expected size) for this response: append to the partial file when
+    the server continues the same version at our offset, else start over (and record what
+    a later resume must match)."""
+    length = _int_header(response.headers.get("Content-Length"))
+    if response.status_code == 206 and offset > 0:
+        start, total = _content_range(response.headers.get("Content-Range"))
+        same_version = start == offset and (
+            state is None or state.size is None or total is None or total == state.size)
+        if not same_version or encoded:
+            discard_partial(dest)
+            raise _Retry("server sent a different range or version; restarting", wait=False)
+        size = total if total is not None else (offset + length if length is not None else None)
+        return offset, "ab", size
+    # The whole file (200, or 206 for a range we did not ask for). Either we asked for all of
+    # it, the server ignores Range, or If-Range found the file changed; every case means
+    # starting over.
+    size = None if encoded else length
+    if response.status_code == 206:
+        start, total = _content_range(response.headers.get("Content-Range"))
+        if start != 0:
+            raise DataError(f"unexpected partial response from {redact_url(url)}")
+        size = total
+    state = _ResumeState(
+        url=redact_url(url), size=size, etag=response.headers.get("ETag"),
+        last_modified=response.headers.get("Last-Modified"))
+    if encoded:
+        # The bytes on the wire are not the file's bytes: resuming is impossible.
+        _resume_state_path(dest).unlink(missing_ok=True)
+    else:
+        atomic_write_json(_resume_state_path(dest), state.__dict__)
+    return 0, "wb", size
 
 
 def _http_fingerprint(etag: str | None, last_modified: str | None,

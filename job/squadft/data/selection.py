@@ -2,9 +2,7 @@
 
 Pure functions over parsed examples (and, for gold answers, over the decoded JSON):
 
-* file specs: `name` or `name[a:b]`, a Python slice over the file's *articles* (like the
-  `split="train[:10]"` slicing of Hugging Face datasets, but by article, so a slice never cuts a
-  paragraph's questions apart); `--train-file` takes several, comma-separated;
+* the articles a file spec (squadft.filespec: `name` or `name[a:b]`) selects;
 * the calibration holdout: a seeded fraction of whole articles of every training file, kept out
   of training so the no-answer threshold is tuned on questions the model never saw (whole
   articles, because questions of one paragraph share their context and would leak);
@@ -14,68 +12,14 @@ Pure functions over parsed examples (and, for gold answers, over the decoded JSO
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from squadft.data.squad import Example
 from squadft.errors import ConfigError
-
-_SPEC = re.compile(r"^(?P<name>[^\[\]]+?)(?:\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")
-
-
-@dataclass(frozen=True)
-class FileSpec:
-    """A data file under --source and, optionally, a slice of its articles."""
-
-    name: str
-    start: int | None = None
-    stop: int | None = None
-
-    @property
-    def sliced(self) -> bool:
-        return self.start is not None or self.stop is not None
-
-    def articles(self, count: int) -> range:
-        """The article indices this spec selects in a file of `count` articles."""
-        return range(count)[slice(self.start, self.stop)]
-
-    def __str__(self) -> str:
-        if not self.sliced:
-            return self.name
-        return f"{self.name}[{'' if self.start is None else self.start}:" \
-               f"{'' if self.stop is None else self.stop}]"
-
-
-def parse_file_spec(text: str) -> FileSpec:
-    """`name`, `name[a:b]`, `name[:b]` or `name[a:]` (article indices, negative from the end)."""
-    match = _SPEC.match(text.strip())
-    if match is None:
-        raise ConfigError(f"invalid data file {text!r}: expected NAME or NAME[START:STOP] "
-                          "(a slice of its articles, e.g. dev-v2.0.json[:8])")
-
-    def bound(value: str | None) -> int | None:
-        return int(value) if value not in (None, "", "-") else None
-
-    if match["start"] == "-" or match["stop"] == "-":
-        raise ConfigError(f"invalid article slice in {text!r}")
-    return FileSpec(match["name"].strip(), bound(match["start"]), bound(match["stop"]))
-
-
-def parse_file_list(text: str) -> list[FileSpec]:
-    """Comma-separated file specs (at least one, no duplicates)."""
-    specs = [parse_file_spec(part) for part in text.split(",") if part.strip()]
-    if not specs:
-        raise ConfigError("no data file given")
-    seen = set()
-    for spec in specs:
-        if str(spec) in seen:
-            raise ConfigError(f"data file {spec} is listed twice")
-        seen.add(str(spec))
-    return specs
+from squadft.filespec import FileSpec
 
 
 def select_articles(examples: Sequence[Example], spec: FileSpec,

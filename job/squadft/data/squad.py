@@ -113,19 +113,10 @@ def parse_squad(data: Any, source: str = "<memory>") -> tuple[list[Example], Par
     # SQuAD 2.0 is recognised from the data, so no flag is needed (and a missing or stale
     # version string cannot hide unanswerable questions).
     saw_v2_marker = version in V2_VERSIONS
-
     examples: list[Example] = []
     seen_ids: dict[str, str] = {}
     for article_number, article in enumerate(articles):
-        where_article = f"article {article_number}"
-        if not isinstance(article, dict):
-            raise DataError(f"{source}: {where_article} must be an object, got {_kind(article)}")
-        title = article.get("title", "")
-        if not isinstance(title, str):
-            raise DataError(f"{source}: {where_article}: 'title' must be a string")
-        if title:
-            where_article += f" ({_short(title)})"
-        paragraphs = _field(article, "paragraphs", list, source, where_article)
+        title, paragraphs, where_article = _article(article, article_number, source)
         report.paragraphs += len(paragraphs)
         for paragraph_number, paragraph in enumerate(paragraphs):
             where_paragraph = f"{where_article} paragraph {paragraph_number}"
@@ -134,28 +125,48 @@ def parse_squad(data: Any, source: str = "<memory>") -> tuple[list[Example], Par
             context = _field(paragraph, "context", str, source, where_paragraph)
             questions = _field(paragraph, "qas", list, source, where_paragraph)
             for question_number, qa in enumerate(questions):
-                where = f"{where_paragraph} question {question_number}"
-                if not isinstance(qa, dict):
-                    raise DataError(f"{source}: {where} must be an object")
-                example_id = _field(qa, "id", str, source, where)
-                where = f"{where_paragraph} question {example_id!r}"
-                if example_id in seen_ids:
-                    raise DataError(f"{source}: {where}: duplicate question id "
-                                    f"(first in {seen_ids[example_id]})")
-                seen_ids[example_id] = where_paragraph
+                example_id, where = _question_id(qa, question_number, where_paragraph,
+                                                 seen_ids, source)
                 example = _parse_question(qa, context, title, example_id, source, where, report,
                                           article_number)
                 if "is_impossible" in qa or "plausible_answers" in qa:
                     saw_v2_marker = True
                 if example is not None:
                     examples.append(example)
-
     report.is_v2 = saw_v2_marker
     report.examples = len(examples)
     report.impossible = sum(example.is_impossible for example in examples)
     report.answers = sum(len(example.answers) for example in examples)
     report.repaired = report.repaired_shift + report.repaired_search
     return examples, report
+
+
+def _article(article: Any, number: int, source: str) -> tuple[str, list[Any], str]:
+    """(title, paragraphs, where in words) of one article, checked."""
+    where = f"article {number}"
+    if not isinstance(article, dict):
+        raise DataError(f"{source}: {where} must be an object, got {_kind(article)}")
+    title = article.get("title", "")
+    if not isinstance(title, str):
+        raise DataError(f"{source}: {where}: 'title' must be a string")
+    if title:
+        where += f" ({_short(title)})"
+    return title, _field(article, "paragraphs", list, source, where), where
+
+
+def _question_id(qa: Any, number: int, where_paragraph: str, seen_ids: dict[str, str],
+                 source: str) -> tuple[str, str]:
+    """(id, where in words) of one question; a duplicate id is an error."""
+    where = f"{where_paragraph} question {number}"
+    if not isinstance(qa, dict):
+        raise DataError(f"{source}: {where} must be an object")
+    example_id = _field(qa, "id", str, source, where)
+    where = f"{where_paragraph} question {example_id!r}"
+    if example_id in seen_ids:
+        raise DataError(f"{source}: {where}: duplicate question id "
+                        f"(first in {seen_ids[example_id]})")
+    seen_ids[example_id] = where_paragraph
+    return example_id, where
 
 
 def _parse_question(

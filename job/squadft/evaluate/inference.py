@@ -17,17 +17,12 @@ import numpy as np
 import torch
 
 from squadft.errors import OutOfMemory, is_out_of_memory
-from squadft.precision import autocast_dtype as _autocast_dtype_of
-from squadft.precision import resolve_precision as _resolve_shared
+from squadft.runtime.distributed import current_group
+from squadft.runtime.precision import autocast_dtype as dtype_of
+from squadft.runtime.precision import resolve_precision
 
 PAD_MULTIPLE = 8  # tensor-core friendly widths
 PADDING_LOGIT = -1e4  # written past each window's end; post-processing ignores those columns
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device` (None = plain fp32), chosen by
-    squadft.precision.resolve_precision as for training."""
-    return _autocast_dtype_of(_resolve_shared(precision, device))
 
 
 @contextlib.contextmanager
@@ -89,12 +84,6 @@ def pad_windows(
         types = np.where(inside, np.asarray(features.token_type_ids)[source], 0)
         batch["token_type_ids"] = torch.from_numpy(types.astype(np.int64))
     return batch
-
-
-def _distributed() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 @torch.inference_mode()
@@ -161,11 +150,11 @@ def predict_logits(
     gathered full arrays while the other ranks return empty (0-row) arrays.
     """
     device = torch.device(device)
-    autocast_dtype = resolve_precision(precision, device)
+    autocast_dtype = dtype_of(resolve_precision(precision, device))  # as for training
     network = getattr(model, "module", model)  # unwrap DDP: no gradient sync needed here
     lengths = np.diff(np.asarray(features.row_splits)).astype(np.int64)
     width = int(lengths.max()) if len(lengths) else 0
-    rank, world_size = _distributed()
+    rank, world_size = current_group()
     # Longest first: an out-of-memory error shows up in the first batch, not at the end.
     by_length = np.argsort(-lengths, kind="stable")
     mine = by_length[rank::world_size]

@@ -206,6 +206,64 @@ def postprocess_predictions(
     null_threshold: predict "" when null score - best span score is above it.
     with_nbest: also build the n-best lists (skip for threshold sweeps).
     """
+    start_logits, end_logits, row_splits = _checked_logits(
+        features, start_logits, end_logits, n_best, max_answer_length)
+    example_index = np.asarray(features.example_index, dtype=np.int64)
+    n_examples = len(examples)
+    offsets = np.asarray(features.offsets)
+    spans = _window_spans(start_logits, end_logits, row_splits, offsets, example_index,
+                          n_best, max_answer_length)
+    spans, bounds = _best_spans_per_example(spans, n_examples, n_best)
+    null = _null_scores(start_logits, end_logits, features.cls_index, example_index, n_examples)
+    ids = [example.id for example in examples]
+    predictions, best_spans, null_score_diff = _answers(
+        examples, ids, spans, bounds, null.score, null_threshold)
+    nbest: Mapping[str, list[Candidate]] = {}
+    if with_nbest:
+        nbest = _nbest_lists(examples, ids, bounds, spans, null, start_logits, end_logits)
+    return PostprocessResult(
+        predictions=predictions, best_spans=best_spans, null_score_diff=null_score_diff,
+        null_threshold=float(null_threshold), nbest=nbest,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Spans:
+    """Candidate answer spans, one row each: the example owning it, its characters
+    context[first_char:last_char], its score (start + end logit, float64) and where it comes
+    from (window, and the span's first and last token in that window)."""
+
+    owner: np.ndarray
+    first_char: np.ndarray
+    last_char: np.ndarray
+    scores: np.ndarray
+    window: np.ndarray
+    span_start: np.ndarray
+    span_end: np.ndarray
+
+    def take(self, index: np.ndarray) -> _Spans:
+        """The rows `index` (integers or a boolean mask) of every column."""
+        return _Spans(self.owner[index], self.first_char[index], self.last_char[index],
+                      self.scores[index], self.window[index], self.span_start[index],
+                      self.span_end[index])
+
+
+@dataclass(frozen=True, slots=True)
+class _NullScores:
+    """Per example: the window with the lowest [CLS] start + end logit (-1: no window) and
+    that score (inf: no window); per window: its [CLS] start and end logits (float64)."""
+
+    window: np.ndarray
+    score: np.ndarray
+    cls_start: np.ndarray
+    cls_end: np.ndarray
+
+
+def _checked_logits(
+    features: Any, start_logits: np.ndarray, end_logits: np.ndarray, n_best: int,
+    max_answer_length: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The logits as arrays and the windows' row splits, after checking that they fit."""
     if n_best <= 0 or max_answer_length <= 0:
         raise ValueError("n_best and max_answer_length must be positive")
     start_logits = np.asarray(start_logits)
@@ -221,12 +279,16 @@ def postprocess_predictions(
     lengths = np.diff(row_splits)
     if n_windows and int(lengths.max()) > width:
         raise ValueError(f"logits have {width} columns but a window has {lengths.max()} tokens")
+    return start_logits, end_logits, row_splits
 
-    example_index = np.asarray(features.example_index, dtype=np.int64)
-    n_examples = len(examples)
-    rows = np.arange(n_windows)
-    offsets = np.asarray(features.offsets)
 
+def _window_spans(
+    start_logits: np.ndarray, end_logits: np.ndarray, row_splits: np.ndarray,
+    offsets: np.ndarray, example_index: np.ndarray, n_best: int, max_answer_length: int,
+) -> _Spans:
+    """The valid spans among the n_best best pairs of each window, window by window."""
+    n_windows, width = start_logits.shape
+    lengths = np.diff(row_splits)
     # Context tokens laid out like the logits: a row-major boolean assignment fills each
     # window's cells in the order its tokens are stored.
     is_context = np.zeros((n_windows, width), dtype=bool)
@@ -251,37 +313,43 @@ def postprocess_predictions(
     m = min(n_best, k * k)
     best_pairs = _smallest_k(neg_pairs, m)  # [n, m]
     scores = -np.take_along_axis(neg_pairs, best_pairs, axis=1).ravel()
-    window = np.repeat(rows, m)
+    window = np.repeat(np.arange(n_windows), m)
     span_start = top_start[window, best_pairs.ravel() // k]
     span_end = top_end[window, best_pairs.ravel() % k]
     keep = np.isfinite(scores)
     window, span_start, span_end, scores = (
         window[keep], span_start[keep], span_end[keep], scores[keep])
-    owner = example_index[window]
     first_char = offsets[row_splits[window] + span_start, 0].astype(np.int64)
     last_char = offsets[row_splits[window] + span_end, 1].astype(np.int64)
+    return _Spans(example_index[window], first_char, last_char, scores, window, span_start,
+                  span_end)
 
+
+def _best_spans_per_example(
+    spans: _Spans, n_examples: int, n_best: int,
+) -> tuple[_Spans, np.ndarray]:
+    """The n_best best distinct spans of each example, grouped by example and best first
+    (example i owns rows bounds[i]:bounds[i + 1])."""
     # Overlapping windows see the same span: keep it once, with its highest score (the first
     # candidate holding it on ties). The survivors come out in (owner, first, last) order.
-    chosen = _best_per_span(owner, first_char, last_char, scores)
+    chosen = _best_per_span(spans.owner, spans.first_char, spans.last_char, spans.scores)
     # Best first within each example; spans of equal score stay in character order.
-    chosen = chosen[_stable_order_by_owner_and_score(owner[chosen], scores[chosen])]
-    owner, first_char, last_char, scores, window, span_start, span_end = (
-        a[chosen] for a in (owner, first_char, last_char, scores, window, span_start, span_end))
-    group_start = np.searchsorted(owner, np.arange(n_examples))
-    rank = np.arange(len(owner)) - group_start[owner]
-    top = rank < n_best
-    owner, first_char, last_char, scores, window, span_start, span_end = (
-        a[top] for a in (owner, first_char, last_char, scores, window, span_start, span_end))
-    bounds = np.searchsorted(owner, np.arange(n_examples + 1))
-    group_start, group_end = bounds[:-1], bounds[1:]
-    has_span = group_end > group_start
+    chosen = chosen[_stable_order_by_owner_and_score(spans.owner[chosen], spans.scores[chosen])]
+    spans = spans.take(chosen)
+    group_start = np.searchsorted(spans.owner, np.arange(n_examples))
+    rank = np.arange(len(spans.owner)) - group_start[spans.owner]
+    spans = spans.take(rank < n_best)
+    return spans, np.searchsorted(spans.owner, np.arange(n_examples + 1))
 
-    best_score = np.full(n_examples, -np.inf)
-    best_score[has_span] = scores[group_start[has_span]]
 
-    # Null score: the minimum over an example's windows of the [CLS] start + end logits.
-    cls_index = np.asarray(features.cls_index, dtype=np.int64)
+def _null_scores(
+    start_logits: np.ndarray, end_logits: np.ndarray, cls_index: Any, example_index: np.ndarray,
+    n_examples: int,
+) -> _NullScores:
+    """Null score: the minimum over an example's windows of the [CLS] start + end logits."""
+    n_windows = start_logits.shape[0]
+    rows = np.arange(n_windows)
+    cls_index = np.asarray(cls_index, dtype=np.int64)
     cls_start = start_logits[rows, cls_index].astype(np.float64)
     cls_end = end_logits[rows, cls_index].astype(np.float64)
     null_scores = cls_start + cls_end
@@ -293,34 +361,33 @@ def postprocess_predictions(
     has_window = null_window >= 0
     null_score = np.full(n_examples, np.inf)
     null_score[has_window] = null_scores[null_window[has_window]]
+    return _NullScores(null_window, null_score, cls_start, cls_end)
 
+
+def _answers(
+    examples: Sequence[_Example], ids: list[str], spans: _Spans, bounds: np.ndarray,
+    null_score: np.ndarray, null_threshold: float,
+) -> tuple[dict[str, str], dict[str, str], dict[str, float]]:
+    """Per id: the prediction, the best span's text and null score - best span score."""
+    n_examples = len(ids)
+    group_start, group_end = bounds[:-1], bounds[1:]
+    has_span = group_end > group_start
+    best_score = np.full(n_examples, -np.inf)
+    best_score[has_span] = spans.scores[group_start[has_span]]
     with np.errstate(invalid="ignore"):
         diff = null_score - best_score
     diff[~has_span] = np.inf  # nothing to answer with
 
-    ids = [example.id for example in examples]
     best_text = [""] * n_examples
-    best_first = first_char[group_start[has_span]].tolist()
-    best_last = last_char[group_start[has_span]].tolist()
+    best_first = spans.first_char[group_start[has_span]].tolist()
+    best_last = spans.last_char[group_start[has_span]].tolist()
     for i, a, b in zip(np.flatnonzero(has_span).tolist(), best_first, best_last, strict=True):
         best_text[i] = examples[i].context[a:b]
     best_spans = dict(zip(ids, best_text, strict=True))
     null_score_diff = dict(zip(ids, diff.tolist(), strict=True))
     predictions = {qid: "" if d > null_threshold else text
                    for qid, text, d in zip(ids, best_text, null_score_diff.values(), strict=True)}
-
-    nbest: Mapping[str, list[Candidate]] = {}
-    if with_nbest:
-        nbest = _nbest_lists(
-            examples, ids, bounds, owner, first_char, last_char, scores,
-            start_logits[window, span_start].astype(np.float64),
-            end_logits[window, span_end].astype(np.float64),
-            null_window, null_score, cls_start, cls_end,
-        )
-    return PostprocessResult(
-        predictions=predictions, best_spans=best_spans, null_score_diff=null_score_diff,
-        null_threshold=float(null_threshold), nbest=nbest,
-    )
+    return predictions, best_spans, null_score_diff
 
 
 def _smallest_k(values: np.ndarray, k: int) -> np.ndarray:
@@ -368,19 +435,8 @@ def _stable_order_by_owner_and_score(owner: np.ndarray, scores: np.ndarray) -> n
 
 
 def _nbest_lists(
-    examples: Sequence[_Example],
-    ids: list[str],
-    bounds: np.ndarray,
-    owner: np.ndarray,
-    first_char: np.ndarray,
-    last_char: np.ndarray,
-    scores: np.ndarray,
-    start_values: np.ndarray,
-    end_values: np.ndarray,
-    null_window: np.ndarray,
-    null_score: np.ndarray,
-    cls_start: np.ndarray,
-    cls_end: np.ndarray,
+    examples: Sequence[_Example], ids: list[str], bounds: np.ndarray, spans: _Spans,
+    null: _NullScores, start_logits: np.ndarray, end_logits: np.ndarray,
 ) -> NBestLists:
     """Spans plus the null answer per example, best first, with softmax probabilities.
 
@@ -388,10 +444,13 @@ def _nbest_lists(
     answer of each example with a window is inserted after the spans scoring strictly more
     (among equal scores it comes first: it has the lowest character offset, -1).
     """
+    start_values = start_logits[spans.window, spans.span_start].astype(np.float64)
+    end_values = end_logits[spans.window, spans.span_end].astype(np.float64)
     n_examples = len(ids)
+    owner, null_window = spans.owner, null.window
     has_null = null_window >= 0
     span_rank = np.arange(len(owner)) - bounds[owner]
-    above_null = scores > null_score[owner]
+    above_null = spans.scores > null.score[owner]
     null_rank = np.bincount(owner, weights=above_null, minlength=n_examples).astype(np.int64)
     counts = np.diff(bounds) + has_null
     new_bounds = np.zeros(n_examples + 1, dtype=np.int64)
@@ -409,28 +468,33 @@ def _nbest_lists(
         return out
 
     all_owner = merged(owner, with_null)
-    all_scores = merged(scores, null_score[with_null])
-    answer_starts = merged(first_char, np.full(len(with_null), -1, dtype=np.int64))
+    all_scores = merged(spans.scores, null.score[with_null])
+    answer_starts = merged(spans.first_char, np.full(len(with_null), -1, dtype=np.int64))
     # The null answer's text is the empty slice context[0:0].
-    text_start = merged(first_char, np.zeros(len(with_null), dtype=np.int64))
-    text_end = merged(last_char, np.zeros(len(with_null), dtype=np.int64))
-
-    # Softmax within each example: the first score of a list is its maximum.
-    nonempty = counts > 0
-    shift = np.zeros(n_examples)
-    shift[nonempty] = all_scores[new_bounds[:-1][nonempty]]
-    weights = np.exp(all_scores - shift[all_owner])
-    totals = np.bincount(all_owner, weights=weights, minlength=n_examples)
-    probabilities = weights / totals[all_owner]
+    text_start = merged(spans.first_char, np.zeros(len(with_null), dtype=np.int64))
+    text_end = merged(spans.last_char, np.zeros(len(with_null), dtype=np.int64))
+    probabilities = _softmax_per_example(all_scores, all_owner, new_bounds)
 
     contexts = [example.context for example in examples]
     texts = [contexts[i][a:b] for i, a, b in zip(
         all_owner.tolist(), text_start.tolist(), text_end.tolist(), strict=True)]
     return NBestLists(
         ids, new_bounds, texts, all_scores,
-        merged(start_values, cls_start[null_of]), merged(end_values, cls_end[null_of]),
+        merged(start_values, null.cls_start[null_of]), merged(end_values, null.cls_end[null_of]),
         answer_starts, probabilities,
     )
+
+
+def _softmax_per_example(scores: np.ndarray, owner: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Softmax of the scores within each example's rows bounds[i]:bounds[i + 1], whose first
+    score is the example's maximum."""
+    n_examples = len(bounds) - 1
+    nonempty = np.diff(bounds) > 0
+    shift = np.zeros(n_examples)
+    shift[nonempty] = scores[bounds[:-1][nonempty]]
+    weights = np.exp(scores - shift[owner])
+    totals = np.bincount(owner, weights=weights, minlength=n_examples)
+    return weights / totals[owner]
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from squadft.console import say, warn
 from squadft.errors import ConfigError, StorageError
-from squadft.storage.manifest import MANIFEST_NAME, Manifest
+from squadft.storage.manifest import MANIFEST_NAME, Manifest, verify_manifest
 from squadft.storage.s3 import (
     S3Location,
     S3Settings,
@@ -35,8 +36,7 @@ from squadft.storage.s3 import (
     list_keys,
     make_client,
     missing_objects,
-    read_manifest,
-    say,
+    read_remote_manifest,
     storage_error,
     upload_directory,
 )
@@ -78,7 +78,7 @@ def _checkpoint_candidates(client: Any, base: S3Location) -> list[tuple[int, S3L
 
 
 def _complete(client: Any, location: S3Location, step: int) -> RemoteCheckpoint | None:
-    manifest = read_manifest(client, location)
+    manifest = read_remote_manifest(client, location)
     if manifest is None or manifest.step != step:
         return None
     if missing_objects(manifest, location, list_keys(client, location)):
@@ -115,7 +115,7 @@ def remote_checkpoint_at(uri: str, *, client: Any) -> RemoteCheckpoint:
     location = S3Location.parse(uri)
     name = location.prefix.rsplit("/", 1)[-1]
     match = re.fullmatch(r"checkpoint-(\d+)", name)
-    manifest = read_manifest(client, location)
+    manifest = read_remote_manifest(client, location)
     if manifest is None or (match and int(match.group(1)) != manifest.step):
         raise StorageError(f"cannot resume from {uri}: no complete checkpoint there "
                            f"(missing or foreign {MANIFEST_NAME})")
@@ -129,14 +129,12 @@ def download_checkpoint(remote: RemoteCheckpoint, output_dir: str | Path, *, cli
     """Download `remote` to ``output_dir/checkpoint-<step>`` atomically, every file verified
     against the manifest (sha256 and size) before the directory appears under its final name.
     A local copy that already verifies is used as it is."""
-    from squadft.train.checkpoint import verify_manifest
-
     destination = Path(output_dir) / remote.name
     local_manifest = destination / MANIFEST_NAME
     if local_manifest.is_file():
         if local_manifest.read_bytes() == remote.manifest.raw and verify_manifest(destination):
             return destination
-        say(f"{destination} differs from the bucket's copy; downloading it again", warning=True)
+        warn(f"{destination} differs from the bucket's copy; downloading it again")
     return download_directory(client, remote.location, destination, settings, remote.manifest)
 
 
@@ -152,7 +150,7 @@ def fetch_latest_remote_checkpoint(cfg: Config, *, newer_than: int | None = None
     remote = find_latest_remote_checkpoint(cfg, client=client)
     if remote is None or (newer_than is not None and remote.step <= newer_than):
         return None
-    say(f"downloading {remote.location.uri} (step {remote.step}) to resume from it")
+    say(f"downloading {remote.location.uri} (step {remote.step}) to resume from it", err=True)
     return download_checkpoint(remote, cfg.output_dir, client=client, settings=settings)
 
 
@@ -251,7 +249,7 @@ class CheckpointUploader:
                 raise StorageError(f"cannot upload {directory}: the uploader is closed")
             if self._pending is not None:
                 say(f"{self._pending.name} superseded by {directory.name} before its upload "
-                    "started (only the newest waiting checkpoint is uploaded)")
+                    "started (only the newest waiting checkpoint is uploaded)", err=True)
                 self.superseded.append(self._pending)
             self._pending = directory
             self._last_submitted = directory
@@ -314,18 +312,18 @@ class CheckpointUploader:
             result = upload_directory(directory, self._target(directory), client=self.client,
                                   settings=self.settings)
         except StorageError as exc:
-            say(f"checkpoint upload failed: {exc}", warning=True)
+            warn(f"checkpoint upload failed: {exc}")
             self.failures.append(UploadFailure(directory, exc))
             return
         except Exception as exc:  # never let the thread die silently
             error = StorageError(f"cannot upload {directory}: {type(exc).__name__}: {exc}")
-            say(f"checkpoint upload failed: {error}", warning=True)
+            warn(f"checkpoint upload failed: {error}")
             self.failures.append(UploadFailure(directory, error))
             return
         self.results.append(result)
-        say(result.summary())
+        say(result.summary(), err=True)
         if self.keep > 0 and directory.name.startswith("checkpoint-"):
             try:
                 prune_remote_checkpoints(self.client, self.base, self.keep)
             except StorageError as exc:
-                say(f"pruning {self.base.uri} failed: {exc}", warning=True)
+                warn(f"pruning {self.base.uri} failed: {exc}")

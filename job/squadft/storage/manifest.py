@@ -1,12 +1,14 @@
-"""Reading and checking checkpoint manifests as storage sees them (remote bytes, local files).
+"""The checkpoint manifest: its one writer, its one parser, and the check of a directory.
 
-The manifest format is the one in notes/interfaces.md and train/checkpoint.py:
-``{"format": "squadft-checkpoint/1", "step": int, "files": {relpath: {"size", "sha256"}},
-"created": ISO-8601}``. This module is the one place that builds manifest bytes (used by
-train/checkpoint.py for checkpoint directories and by uploads of directories that have no
-manifest of their own, ``squadft upload DIR``), parses manifests that come from a bucket
-(untrusted: relative paths are checked so that a download can never write outside its
-directory) and hashes files for uploads and downloads.
+``manifest.json`` = ``{"format": "squadft-checkpoint/1", "step": int, "files": {relpath:
+{"size", "sha256"}}, "created": ISO-8601}``, written LAST into a checkpoint, final/ or an
+uploaded directory: a directory (local, or a prefix in a bucket) is complete only when its
+manifest exists and every file it lists matches. This module builds the bytes
+(`build_manifest_bytes`; `write_manifest` for a local directory, and uploads of directories
+that have none), parses them (`parse_manifest`: local files and bucket objects alike, checked
+as untrusted so that a download can never write outside its directory), and checks a local
+directory against its manifest (`manifest_problem`, `verify_manifest`). It also hashes files
+for uploads and downloads.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+
+from squadft.io import atomic_write_bytes
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "squadft-checkpoint/1"
@@ -134,3 +138,48 @@ def build_manifest_bytes(step: int, files: dict[str, ManifestEntry]) -> bytes:
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def write_manifest(directory: str | os.PathLike[str], step: int) -> Path:
+    """List every file under `directory` (size, sha256) in manifest.json; call it LAST."""
+    directory = Path(directory)
+    files = {}
+    for relpath in local_files(directory):
+        digest = hash_file(directory / relpath)
+        files[relpath] = ManifestEntry(size=digest.size, sha256=digest.sha256)
+    atomic_write_bytes(directory / MANIFEST_NAME, build_manifest_bytes(int(step), files))
+    return directory / MANIFEST_NAME
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> Manifest | None:
+    """The manifest of a local directory; None when it has none or it is not a valid one."""
+    try:
+        return parse_manifest((Path(directory) / MANIFEST_NAME).read_bytes())
+    except (OSError, ManifestError):
+        return None
+
+
+def manifest_problem(directory: str | os.PathLike[str], *, hashes: bool = True) -> str | None:
+    """Why `directory` is not complete, or None when every file matches its manifest (in
+    size only, without `hashes`)."""
+    directory = Path(directory)
+    if not (directory / MANIFEST_NAME).is_file():
+        return f"no {MANIFEST_NAME} (incomplete)"
+    manifest = read_manifest(directory)
+    if manifest is None:
+        return f"unreadable {MANIFEST_NAME}"
+    for relpath, expected in manifest.files.items():
+        path = directory / relpath
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{relpath} is missing"
+        if size != expected.size:
+            return f"{relpath} has {size} bytes, manifest says {expected.size}"
+        if hashes and hash_file(path).sha256 != expected.sha256:
+            return f"{relpath} does not match its sha256"
+    return None
+
+
+def verify_manifest(directory: str | os.PathLike[str]) -> bool:
+    return manifest_problem(directory) is None

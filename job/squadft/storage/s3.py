@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from squadft.config import redact_url
+from squadft.console import warn
 from squadft.errors import (
     ChecksumError,
     ConfigError,
@@ -44,7 +44,7 @@ from squadft.errors import (
     SquadftError,
     StorageError,
 )
-from squadft.io import describe_os_error, fsync_dir, make_temp_dir
+from squadft.io import describe_os_error, fsync_dir, make_temp_dir, replace_directory
 from squadft.storage.manifest import (
     MANIFEST_NAME,
     FileDigest,
@@ -63,11 +63,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-
-def say(message: str, *, warning: bool = False) -> None:
-    """User-facing progress and warnings on stderr, in the CLI's format."""
-    prefix = "squadft: warning: " if warning else "squadft: "
-    print(prefix + message, file=sys.stderr, flush=True)
 
 MiB = 1 << 20
 RETRY_MODES = ("standard", "adaptive")
@@ -477,8 +472,8 @@ def _plan_upload(directory: Path) -> tuple[list[_PlannedFile], Manifest | None]:
         relpaths = sorted(local_manifest.files)
         extra = set(local_files(directory)) - set(relpaths)
         if extra:
-            say(f"{directory}: {len(extra)} files not listed in {MANIFEST_NAME} are not "
-                "uploaded", warning=True)
+            warn(f"{directory}: {len(extra)} files not listed in {MANIFEST_NAME} are not "
+                "uploaded")
     else:
         relpaths = local_files(directory)
     planned = []
@@ -606,6 +601,30 @@ def upload_directory(
     started = time.monotonic()
     endpoint = _endpoint_of(client)
     planned, local_manifest = _plan_upload(directory)
+    _delete_remote_manifest(client, location, endpoint)
+    rounds = _upload_files(directory, location, planned, client=client, settings=settings,
+                           deadline=deadline, endpoint=endpoint)
+    _check_sent_content(directory, planned)
+    _verify_sizes(client, location, planned, endpoint)
+    if deadline.expired():
+        raise _deadline_error(directory, location, settings)
+    step, manifest_bytes = _manifest_to_write(directory, planned, local_manifest)
+    _put_manifest(client, location, manifest_bytes, endpoint)
+    uploaded = tuple(
+        UploadedFile(p.relpath, location.key(p.relpath), p.size, p.digest.sha256,
+                     p.size >= settings.multipart_threshold, p.hashed_while_sent)
+        for p in planned if p.digest is not None)
+    return UploadResult(location, step, uploaded, time.monotonic() - started, rounds)
+
+
+def _deadline_error(directory: Path, location: S3Location, settings: S3Settings) -> StorageError:
+    return StorageError(f"cannot upload {directory} to {location.uri}: deadline of "
+                        f"{settings.deadline:g}s reached; no manifest written")
+
+
+def _delete_remote_manifest(client: Any, location: S3Location, endpoint: str) -> None:
+    """Delete any manifest at the prefix first: until ours is written the prefix is incomplete
+    (this also checks the bucket and the credentials before anything is sent)."""
     manifest_key = location.key(MANIFEST_NAME)
     try:
         client.delete_object(Bucket=location.bucket, Key=manifest_key)
@@ -613,6 +632,11 @@ def upload_directory(
         raise storage_error(exc, "upload to", location.uri, missing="bucket not found",
                             endpoint=endpoint) from None
 
+
+def _upload_files(directory: Path, location: S3Location, planned: list[_PlannedFile], *,
+                  client: Any, settings: S3Settings, deadline: _Deadline, endpoint: str) -> int:
+    """Send every planned file through one transfer manager, each hashed by its _HashingReader
+    as it is read; returns the rounds over the file set it took (1 or 2)."""
     from boto3.s3.transfer import create_transfer_manager
 
     # Without an explicit algorithm botocore sends its default checksum (CRC32) with every
@@ -638,42 +662,55 @@ def upload_directory(
                 try:
                     failures = _run_transfers(submit, remaining, deadline)
                 except _DeadlineReached:
-                    raise StorageError(
-                        f"cannot upload {directory} to {location.uri}: deadline of "
-                        f"{settings.deadline:g}s reached; no manifest written"
-                    ) from None
+                    raise _deadline_error(directory, location, settings) from None
                 if not failures:
                     break
-                first = next(iter(failures.values()))
-                failed = [remaining[i] for i in sorted(failures)]
-                if (rounds == 2 or deadline.expired()
-                        or any(map(_is_permanent, failures.values()))):
-                    target = location.object_uri(failed[0].relpath)
-                    cause = describe_cause(first, endpoint=endpoint, missing="bucket not found")
-                    raise StorageError(
-                        f"cannot upload {target}: {cause}"
-                        f" ({len(failed)} of {len(planned)} files failed; no manifest written)"
-                    )
-                say(f"retrying {len(failed)} files of {location.uri} after: "
-                    f"{describe_cause(first, endpoint=endpoint)}", warning=True)
-                remaining = failed
+                remaining = _files_to_retry(
+                    failures, remaining, len(planned), last_round=rounds == 2,
+                    deadline=deadline, location=location, endpoint=endpoint)
     finally:
         for item in planned:
             if item.reader is not None:
                 item.reader.close()
+    return rounds
 
-    _check_sent_content(directory, planned)
-    _verify_sizes(client, location, planned, endpoint)
-    if deadline.expired():
-        raise StorageError(f"cannot upload {directory} to {location.uri}: deadline of "
-                           f"{settings.deadline:g}s reached; no manifest written")
+
+def _files_to_retry(failures: dict[int, BaseException], remaining: list[_PlannedFile],
+                    total: int, *, last_round: bool, deadline: _Deadline, location: S3Location,
+                    endpoint: str) -> list[_PlannedFile]:
+    """The files of `remaining` whose transfer failed, to send again; StorageError instead
+    after the last round, past the deadline or when a failure is permanent."""
+    first = next(iter(failures.values()))
+    failed = [remaining[i] for i in sorted(failures)]
+    if last_round or deadline.expired() or any(map(_is_permanent, failures.values())):
+        target = location.object_uri(failed[0].relpath)
+        cause = describe_cause(first, endpoint=endpoint, missing="bucket not found")
+        raise StorageError(
+            f"cannot upload {target}: {cause}"
+            f" ({len(failed)} of {total} files failed; no manifest written)"
+        )
+    warn(f"retrying {len(failed)} files of {location.uri} after: "
+         f"{describe_cause(first, endpoint=endpoint)}")
+    return failed
+
+
+def _manifest_to_write(directory: Path, planned: list[_PlannedFile],
+                       local_manifest: Manifest | None) -> tuple[int, bytes]:
+    """(step, manifest bytes): the checkpoint's own manifest.json as it is, else one built
+    from the sha256 of the bytes sent."""
     if local_manifest is not None:
-        step, manifest_bytes = local_manifest.step, local_manifest.raw
-    else:
-        step = step_from_dir_name(directory.name) or 0
-        manifest_bytes = build_manifest_bytes(step, {
-            p.relpath: ManifestEntry(p.digest.size, p.digest.sha256)
-            for p in planned if p.digest is not None})
+        return local_manifest.step, local_manifest.raw
+    step = step_from_dir_name(directory.name) or 0
+    manifest_bytes = build_manifest_bytes(step, {
+        p.relpath: ManifestEntry(p.digest.size, p.digest.sha256)
+        for p in planned if p.digest is not None})
+    return step, manifest_bytes
+
+
+def _put_manifest(client: Any, location: S3Location, manifest_bytes: bytes,
+                  endpoint: str) -> None:
+    """Write manifest.json, the last object of an upload, and check its size in the bucket."""
+    manifest_key = location.key(MANIFEST_NAME)
     try:
         client.put_object(Bucket=location.bucket, Key=manifest_key, Body=manifest_bytes,
                           ContentType="application/json")
@@ -684,11 +721,6 @@ def upload_directory(
     if head.get("ContentLength") != len(manifest_bytes):
         raise StorageError(f"cannot upload {location.object_uri(MANIFEST_NAME)}: size differs "
                            "after upload")
-    uploaded = tuple(
-        UploadedFile(p.relpath, location.key(p.relpath), p.size, p.digest.sha256,
-                     p.size >= settings.multipart_threshold, p.hashed_while_sent)
-        for p in planned if p.digest is not None)
-    return UploadResult(location, step, uploaded, time.monotonic() - started, rounds)
 
 
 def _verify_sizes(client: Any, location: S3Location, planned: list[_PlannedFile],
@@ -712,7 +744,7 @@ def _verify_sizes(client: Any, location: S3Location, planned: list[_PlannedFile]
 
 # --- download ------------------------------------------------------------------------------------
 
-def read_manifest(client: Any, location: S3Location) -> Manifest | None:
+def read_remote_manifest(client: Any, location: S3Location) -> Manifest | None:
     """The manifest at `location`, or None when there is none (or it is not ours)."""
     key = location.key(MANIFEST_NAME)
     try:
@@ -725,7 +757,7 @@ def read_manifest(client: Any, location: S3Location) -> Manifest | None:
     try:
         return parse_manifest(body)
     except ManifestError as exc:
-        say(f"ignoring {location.object_uri(MANIFEST_NAME)}: {exc}", warning=True)
+        warn(f"ignoring {location.object_uri(MANIFEST_NAME)}: {exc}")
         return None
 
 
@@ -804,7 +836,7 @@ def download_directory(client: Any, location: S3Location, destination: str | os.
     temp directory beside it, are verified against the manifest, the manifest is written last,
     then the temp directory is renamed into place (an existing incomplete one is replaced)."""
     destination = Path(destination)
-    manifest = manifest or read_manifest(client, location)
+    manifest = manifest or read_remote_manifest(client, location)
     if manifest is None:
         raise StorageError(f"cannot download {location.uri}: no {MANIFEST_NAME} "
                            "(incomplete upload)")
@@ -822,12 +854,7 @@ def download_directory(client: Any, location: S3Location, destination: str | os.
             handle.flush()
             os.fsync(handle.fileno())
         fsync_dir(staging)
-        if destination.exists():
-            stale = make_temp_dir(destination.parent, f"{destination.name}.stale")
-            os.replace(destination, stale / destination.name)
-            shutil.rmtree(stale, ignore_errors=True)
-        os.replace(staging, destination)
-        fsync_dir(destination.parent)
+        replace_directory(staging, destination)
     except OSError as exc:
         message = describe_os_error(exc, destination)  # "disk full" told by the free space
         shutil.rmtree(staging, ignore_errors=True)
@@ -875,7 +902,7 @@ class S3Source:
     def _manifest_entry(self, name: str) -> ManifestEntry | None:
         if self._manifest is False:
             try:
-                self._manifest = read_manifest(self.client, self.location)
+                self._manifest = read_remote_manifest(self.client, self.location)
             except StorageError:
                 self._manifest = None
         manifest = self._manifest

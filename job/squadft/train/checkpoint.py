@@ -20,7 +20,6 @@ import json
 import os
 import random
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,28 +29,26 @@ import numpy as np
 import torch
 
 from squadft.config import Config
+from squadft.console import warn
 from squadft.errors import ConfigError, StorageError
 from squadft.io import (
     ErrorKeepingWriter,
     apply_umask,
-    atomic_write_bytes,
     atomic_write_json,
     describe_os_error,
-    fsync_dir,
     is_write_failure,
     remove_temp_tree,
-    sha256_file,
+    replace_directory,
     temp_name,
 )
 from squadft.storage.manifest import (
-    MANIFEST_FORMAT,
     MANIFEST_NAME,
-    ManifestEntry,
-    build_manifest_bytes,
+    manifest_problem,
     step_from_dir_name,
+    write_manifest,
 )
 
-# One manifest format for local checkpoints and buckets: storage.manifest builds and parses it.
+# One manifest format for local checkpoints and buckets: squadft.storage.manifest owns it.
 MANIFEST = MANIFEST_NAME
 TRAINER_STATE = "trainer_state.json"
 
@@ -60,63 +57,6 @@ TRAINER_STATE = "trainer_state.json"
 RemoteFinder = Callable[[str, int | None], Path | None]
 """Resolves `--resume` remotely: called with "auto" when no local checkpoint is complete, or
 with a non-local spec (s3://...); returns a complete local checkpoint directory or None."""
-
-
-def warn(message: str) -> None:
-    print(f"squadft: warning: {message}", file=sys.stderr, flush=True)
-
-
-# --- manifest ------------------------------------------------------------------------------
-
-def write_manifest(directory: str | os.PathLike[str], step: int) -> Path:
-    """List every file under `directory` (size, sha256) in manifest.json; call it LAST."""
-    directory = Path(directory)
-    files = {}
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        relpath = path.relative_to(directory).as_posix()
-        if relpath == MANIFEST:
-            continue
-        files[relpath] = ManifestEntry(size=path.stat().st_size, sha256=sha256_file(path))
-    atomic_write_bytes(directory / MANIFEST, build_manifest_bytes(int(step), files))
-    return directory / MANIFEST
-
-
-def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
-    try:
-        manifest = json.loads((Path(directory) / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        return None
-    if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("step"), int):
-        return None
-    return manifest
-
-
-def manifest_problem(directory: str | os.PathLike[str], *, hashes: bool = True) -> str | None:
-    """Why `directory` is not a complete checkpoint, or None when every file matches (in size
-    only, without `hashes`)."""
-    directory = Path(directory)
-    if not (directory / MANIFEST).is_file():
-        return "no manifest.json (incomplete)"
-    manifest = read_manifest(directory)
-    if manifest is None:
-        return "unreadable manifest.json"
-    for relpath, expected in manifest["files"].items():
-        path = directory / relpath
-        try:
-            size = path.stat().st_size
-        except OSError:
-            return f"{relpath} is missing"
-        if size != expected.get("size"):
-            return f"{relpath} has {size} bytes, manifest says {expected.get('size')}"
-        if hashes and sha256_file(path) != expected.get("sha256"):
-            return f"{relpath} does not match its sha256"
-    return None
-
-
-def verify_manifest(directory: str | os.PathLike[str]) -> bool:
-    return manifest_problem(directory) is None
 
 
 def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
@@ -269,23 +209,6 @@ def seed_everything(seed: int) -> None:
 
 # --- writing -------------------------------------------------------------------------------
 
-def _replace_directory(tmp: Path, target: Path) -> None:
-    """Move the finished `tmp` over `target` (which may hold an older or corrupt copy)."""
-    trash = None
-    if target.exists():
-        trash = target.with_name(temp_name(target.name, "old"))
-        os.replace(target, trash)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        if trash is not None:
-            os.replace(trash, target)  # put the old copy back
-        raise
-    fsync_dir(target.parent)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
-
-
 def _fresh_temp_dir(output_dir: Path, name: str) -> Path:
     tmp = output_dir / temp_name(name)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -314,7 +237,7 @@ def _save_directory(output_dir: Path, name: str, what: str, fill: Callable[[Path
         fill(tmp)
         apply_umask(tmp)
         write_manifest(tmp, step)
-        _replace_directory(tmp, target)
+        replace_directory(tmp, target)
     except BaseException as exc:
         # the reason first: the partial files still fill the disk, which is how a full disk
         # is recognised when the library's error does not say so

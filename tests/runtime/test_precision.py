@@ -8,7 +8,7 @@ import pytest
 import torch
 from squadft.errors import ConfigError
 from squadft.evaluate import inference
-from squadft.precision import autocast, autocast_dtype, resolve_precision
+from squadft.runtime.precision import autocast, autocast_dtype, resolve_precision
 from squadft.train import loop
 
 CUDA = torch.device("cuda")
@@ -40,21 +40,16 @@ def test_auto_is_fp16_and_bf16_is_refused_without_native_bfloat16(
     assert resolve_precision("fp16", CUDA) == "fp16"
     assert resolve_precision("fp32", CUDA) == "fp32"
 
-    # training and evaluation decide alike
-    assert loop.resolve_precision("auto", CUDA) == "fp16"
-    assert inference.resolve_precision("auto", CUDA) is torch.float16
-    for resolve in (loop.resolve_precision, inference.resolve_precision):
-        with pytest.raises(ConfigError):
-            resolve("bf16", CUDA)
+    # training and evaluation decide alike: one resolver, used by both
+    assert loop.resolve_precision is inference.resolve_precision is resolve_precision
+    assert autocast_dtype(resolve_precision("auto", CUDA)) is torch.float16
 
 
 def test_auto_is_bf16_with_native_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_gpu(monkeypatch, native_bf16=True)  # A100, H100
     assert resolve_precision("auto", CUDA) == "bf16"
     assert resolve_precision("bf16", CUDA) == "bf16"
-    assert loop.resolve_precision("auto", CUDA) == "bf16"
-    assert inference.resolve_precision("auto", CUDA) is torch.bfloat16
-    assert inference.resolve_precision("bf16", CUDA) is torch.bfloat16
+    assert autocast_dtype(resolve_precision("auto", CUDA)) is torch.bfloat16
 
 
 def test_cpu_auto_stays_fp32_and_explicit_choices_pass_through(
@@ -62,14 +57,13 @@ def test_cpu_auto_stays_fp32_and_explicit_choices_pass_through(
 ) -> None:
     fake_gpu(monkeypatch, native_bf16=True)  # a GPU in the machine does not matter for CPU
     assert resolve_precision("auto", CPU) == "fp32"
-    assert inference.resolve_precision("auto", CPU) is None
+    assert autocast_dtype(resolve_precision("auto", CPU)) is None
     for name in ("fp32", "bf16", "fp16"):
         assert resolve_precision(name, CPU) == name
-        assert loop.resolve_precision(name, CPU) == name
     with pytest.raises(ConfigError, match="auto, fp32, bf16 or fp16"):
         resolve_precision("fp8", CPU)
     with pytest.raises(ConfigError):
-        inference.resolve_precision("half", CPU)
+        resolve_precision("half", CPU)
 
 
 def test_autocast_dtypes() -> None:

@@ -253,6 +253,14 @@ def prepare_in_turn(ctx: DistributedContext, first: Callable[[], T],
     return others() if result is None else result
 
 
+def current_group() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group; (0, 1) without one. For code that
+    runs under any command (inference) and is handed no DistributedContext."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def wait_for_peers(ctx: DistributedContext) -> None:
     """A barrier for waits that may last long (data preparation): gloo, PREPARE_TIMEOUT."""
     if ctx.is_distributed:
@@ -311,9 +319,11 @@ def gather_to_main(ctx: DistributedContext, obj: Any) -> list[Any] | None:
     return [_unpack(data) for data in gathered] if ctx.is_main else None
 
 
-def broadcast_from_main(ctx: DistributedContext, obj: Any) -> Any:
-    if not ctx.is_distributed:
+def broadcast_from_main(ctx: DistributedContext | None, obj: Any) -> Any:
+    """Rank 0's `obj` on every rank; `ctx` None: of the current process group, if any."""
+    rank, world_size = (ctx.rank, ctx.world_size) if ctx is not None else current_group()
+    if world_size == 1:
         return obj
-    box = [_pack(obj) if ctx.is_main else None]
+    box = [_pack(obj) if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)
-    return obj if ctx.is_main else _unpack(box[0])
+    return obj if rank == 0 else _unpack(box[0])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from squadft.errors import ConfigError
-from squadft.train.distributed import (
+from squadft.runtime.distributed import (
     any_rank,
     detect_launch,
     expand_nodelist,

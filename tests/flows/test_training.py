@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
-from squadft import pipeline
 from squadft.cli import app
 from squadft.config import Config
 from squadft.errors import DataError, StorageError
+from squadft.flows import preparation, training
 from typer.testing import CliRunner
 
 from tests.train.common import cli_flags, run_settings
@@ -25,12 +25,12 @@ def test_pull_reports_each_split_and_then_the_cache(
     settings: dict, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = Config(**settings)
-    fetched = pipeline.pull(cfg, verbose=True)
+    fetched = preparation.pull(cfg, verbose=True)
     first = capsys.readouterr().out.splitlines()
     assert [line.split(":")[1].strip() for line in first] == ["train", "dev"]
     assert fetched["train"][0].sha256 in first[0] and first[0].endswith("downloaded)")
     assert f"{fetched['dev'][0].size:,} bytes" in first[1]
-    pipeline.pull(cfg, verbose=True)
+    preparation.pull(cfg, verbose=True)
     assert all(line.endswith("cached)") for line in capsys.readouterr().out.splitlines())
 
 
@@ -38,7 +38,7 @@ def test_prepare_samples_detects_v2_and_reuses_cached_features(
     settings: dict, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = Config(**settings)
-    data = pipeline.prepare(cfg)
+    data = preparation.prepare(cfg)
     out = capsys.readouterr().out
     assert data.train is not None and data.dev is not None
     assert len(data.train.examples) == 60 and len(data.dev.examples) == 20
@@ -46,11 +46,11 @@ def test_prepare_samples_detects_v2_and_reuses_cached_features(
     assert "a seeded sample of 60 questions" in out and "built and cached" in out
     assert "dev: " in out and "4449 examples" in out  # the parse report of the whole file
     assert not data.train.cache_hit
-    again = pipeline.prepare(cfg)
+    again = preparation.prepare(cfg)
     assert again.train.cache_hit and again.dev.cache_hit and again.calibration.cache_hit
     assert "cache hit" in capsys.readouterr().out
     assert (again.train.features.input_ids == data.train.features.input_ids).all()
-    other = pipeline.prepare(cfg.replace(max_train_samples=30), splits=("train",),
+    other = preparation.prepare(cfg.replace(max_train_samples=30), splits=("train",),
                              verbose=False)
     assert not other.train.cache_hit and len(other.train.examples) == 30
 
@@ -63,7 +63,7 @@ def test_calibration_holds_out_whole_articles_of_the_training_data(
     settings: dict, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = Config(**{**settings, "max_train_samples": None})
-    data = pipeline.prepare(cfg, splits=("train",))
+    data = preparation.prepare(cfg, splits=("train",))
     train, held = data.train.examples, data.calibration.examples
     assert not _ids(train) & _ids(held)
     assert len(train) + len(held) == 4719  # nothing lost, nothing shared
@@ -74,14 +74,14 @@ def test_calibration_holds_out_whole_articles_of_the_training_data(
     out = capsys.readouterr().out
     assert "calibration questions: 1 training articles held out of training" in out
     # seeded: the same articles on a rerun, other ones (eventually) with other seeds
-    again = pipeline.prepare(cfg, splits=("train",), verbose=False)
+    again = preparation.prepare(cfg, splits=("train",), verbose=False)
     assert _ids(again.calibration.examples) == _ids(held)
-    choices = {frozenset(e.article for e in pipeline.prepare(
+    choices = {frozenset(e.article for e in preparation.prepare(
         cfg.replace(seed=seed), splits=("train",), verbose=False).calibration.examples)
         for seed in range(6)}
     assert len(choices) > 1
     # off: everything trains and the run says the threshold stays 0
-    off = pipeline.prepare(cfg.replace(calibration_fraction=0.0), splits=("train",))
+    off = preparation.prepare(cfg.replace(calibration_fraction=0.0), splits=("train",))
     assert off.calibration is None and len(off.train.examples) == 4719
     assert "no calibration set (calibration_fraction is 0)" in capsys.readouterr().out
 
@@ -91,14 +91,14 @@ def test_max_train_samples_is_a_seeded_sample_keeping_the_unanswerable_share(
 ) -> None:
     cfg = Config(**{**settings, "train_file": "dev-v2.0-first12.json.gz",
                     "calibration_fraction": 0.0, "max_train_samples": 400})
-    sample = pipeline.prepare(cfg, splits=("train",), verbose=False).train.examples
+    sample = preparation.prepare(cfg, splits=("train",), verbose=False).train.examples
     share = sum(e.is_impossible for e in sample) / len(sample)
     assert len(sample) == 400 and share == pytest.approx(2342 / 4449, abs=1 / 400)
     # spread over the file, not its first 400 questions (which cover two articles)
     assert len({e.article for e in sample}) == 12
-    again = pipeline.prepare(cfg, splits=("train",), verbose=False).train.examples
+    again = preparation.prepare(cfg, splits=("train",), verbose=False).train.examples
     assert [e.id for e in again] == [e.id for e in sample]
-    other = pipeline.prepare(cfg.replace(seed=7), splits=("train",), verbose=False)
+    other = preparation.prepare(cfg.replace(seed=7), splits=("train",), verbose=False)
     assert _ids(other.train.examples) != _ids(sample)
 
 
@@ -107,11 +107,11 @@ def test_several_training_files_train_on_their_union(
 ) -> None:
     cfg = Config(**{**settings, "max_train_samples": None, "calibration_fraction": 0.0,
                     "train_file": "train-v2.0-first10.json.gz,dev-v2.0-first12.json.gz[:2]"})
-    data = pipeline.prepare(cfg, splits=("train",))
+    data = preparation.prepare(cfg, splits=("train",))
     out = capsys.readouterr().out
     assert len(data.train.examples) == 4719 + 208 + 418  # all of train + 2 dev articles
     assert _ids(data.train.examples) >= _ids(
-        pipeline.prepare(cfg.replace(train_file="dev-v2.0-first12.json.gz[:2]"),
+        preparation.prepare(cfg.replace(train_file="dev-v2.0-first12.json.gz[:2]"),
                          splits=("train",), verbose=False).train.examples)
     # one parse report per file, the slice said in words
     reports = [line for line in out.splitlines() if line.startswith("squadft: train: ")
@@ -121,7 +121,7 @@ def test_several_training_files_train_on_their_union(
     # the same question in two files is an error, not a silent double weight
     overlap = cfg.replace(train_file="dev-v2.0-first12.json.gz[:2],dev-v2.0-first12.json.gz[1:3]")
     with pytest.raises(DataError, match="must not overlap"):
-        pipeline.prepare(overlap, splits=("train",), verbose=False)
+        preparation.prepare(overlap, splits=("train",), verbose=False)
 
 
 @pytest.mark.parametrize("flags, code, message", [
@@ -155,7 +155,7 @@ def test_unwritable_output_dir_fails_before_any_work(settings: dict, tmp_path: P
 
 
 def test_train_writes_the_run_directory(settings: dict) -> None:
-    result = pipeline.train(Config(**{**settings, "max_steps": 3, "do_eval": True}))
+    result = training.train(Config(**{**settings, "max_steps": 3, "do_eval": True}))
     out = Path(settings["output_dir"])
     assert result.steps == 3 and Path(result.final_dir) == out / "final"
     for name in ("squadft_config.json", "metrics.jsonl", "train_results.json",
@@ -171,10 +171,10 @@ def test_a_resume_of_a_finished_run_says_it_trained_nothing(
 ) -> None:
     """The second run only redoes final/: it reports no throughput rather than "0 tokens/s"."""
     cfg = Config(**{**settings, "max_steps": 2})
-    pipeline.train(cfg)
+    training.train(cfg)
     first = capsys.readouterr().out
     assert "tokens/s;" in first and "no step left" not in first
-    again = pipeline.train(cfg)
+    again = training.train(cfg)
     second = "".join(capsys.readouterr())
     assert again.steps == 2 and again.tokens_per_second == 0.0
     assert "training is already complete at step 2" in second
@@ -205,8 +205,8 @@ def test_train_calibrates_on_held_out_articles_and_evaluate_reproduces_it(
     dev_path, dropped_id = _corrupted_dev(dev_json, source)
     cfg = Config(**{**settings, "source": source.as_uri(), "dev_file": f"{dev_path.name}[11:]",
                     "max_eval_samples": None, "max_steps": 4, "do_eval": True})
-    pipeline.train(cfg)
-    out = capsys.readouterr().out
+    training.train(cfg)
+    out, err = capsys.readouterr()
     run_dir = Path(cfg.output_dir)
 
     settings_file = json.loads((run_dir / "final" / "squadft_inference.json").read_text())
@@ -228,7 +228,9 @@ def test_train_calibrates_on_held_out_articles_and_evaluate_reproduces_it(
     # scored against the raw file: the question the parser dropped counts, as wrong
     assert results["total"] == 384 and dropped_id not in json.loads(
         (run_dir / "predictions.json").read_text())
-    assert "1 questions of dev-corrupt.json[11:] could not be parsed" in out
+    # a warning: on stderr (squadft.console's rule), the scores on stdout
+    assert ("squadft: warning: 1 questions of dev-corrupt.json[11:] could not be parsed"
+            in err)
     first = next(line for line in out.splitlines() if " questions at null threshold " in line)
     assert first.startswith("squadft: 384 questions at null threshold ")
     assert "calibrated on" in first
@@ -279,9 +281,9 @@ def test_two_runs_sharing_one_cache_both_finish_and_leave_it_valid(
         assert (Path(s["output_dir"]) / "eval_results.json").is_file()
     assert not list(cache.rglob("*.part")) and not list(cache.rglob("*.tmp*"))
     # the cache they left is whole: a third run needs no download and no tokenization
-    third = pipeline.prepare(Config(**runs[0]), verbose=False)
+    third = preparation.prepare(Config(**runs[0]), verbose=False)
     assert third.train.cache_hit and third.dev.cache_hit and third.calibration.cache_hit
-    assert not any(f.from_cache is False for files in pipeline.pull(Config(**runs[0]),
+    assert not any(f.from_cache is False for files in preparation.pull(Config(**runs[0]),
                                                                     verbose=False).values()
                    for f in files)
 
@@ -305,7 +307,7 @@ def test_a_full_cache_disk_says_disk_full(settings: dict, small_disk) -> None:
     """Downloads (~0.7 MB) and parsed examples (~2.5 MB) fit, the features (~2.3 MB) do not."""
     cache = small_disk(3800 << 10)
     with pytest.raises(StorageError) as failure:
-        pipeline.prepare(Config(**{**settings, "cache_dir": str(cache)}), verbose=False)
+        preparation.prepare(Config(**{**settings, "cache_dir": str(cache)}), verbose=False)
     message = str(failure.value)
     assert failure.value.exit_code == 5
     assert message.startswith(f"cannot write {cache}/features/") and message.endswith(

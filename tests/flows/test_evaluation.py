@@ -15,17 +15,24 @@ import pytest
 from squadft.cli import app
 from squadft.errors import DataError
 from squadft.evaluate.calibration import SCORE_KEYS
-from squadft.evaluate.report import (
-    gold_from_squad,
-    read_questions_jsonl,
-    score_files,
-)
+from squadft.evaluate.gold import gold_from_squad
+from squadft.evaluate.scoring import score_files
+from squadft.flows.prediction import read_questions_jsonl
 from typer.testing import CliRunner
 
 from tests.conftest import DEV_SAMPLE
 from tests.helpers import fill_disk
 
 runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_examples_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`squadft evaluate` parses a data file once per content into its cache: one cache for
+    this module, so the 4,449-question sample is parsed once, not at every call."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SQUADFT_CACHE_DIR", str(tmp_path_factory.mktemp("evaluate-cache")))
+        yield
 
 
 def _first_answers(dev_json: dict[str, Any]) -> dict[str, str]:
@@ -430,13 +437,13 @@ def test_a_full_disk_during_evaluate_leaves_the_previous_outputs_whole(
 def test_evaluate_checks_the_output_folder_before_inference(
     small_disk, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from squadft.evaluate import report
+    from squadft.flows import evaluation
 
     def no_inference(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("inference started")
 
-    monkeypatch.setattr(report, "decode", no_inference)
-    monkeypatch.setattr(report, "load_gold", no_inference)  # not even the data is read
+    monkeypatch.setattr(evaluation, "decode", no_inference)
+    monkeypatch.setattr(evaluation, "load_gold", no_inference)  # not even the data is read
     disk = small_disk(256 << 10)
     assert fill_disk(disk, 0) == 0  # an empty file still fits: the probe writes bytes
     result = _evaluate(tiny_model_dir, disk / "evaluate", "--max-eval-samples", "20")
@@ -473,15 +480,15 @@ def _set_of(texts: dict[str, str]) -> tuple[dict[str, str], Any]:
 def test_the_output_set_is_swapped_in_whole_or_renamed_after_the_old_one_is_gone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from squadft.evaluate import report
+    from squadft.evaluate import outputs
 
     old_umask = os.umask(0o022)
     try:
         # a folder of its own: one rename(2) exchange, the folder is a new inode
         own = tmp_path / "evaluate"
-        report.write_prediction_files(own, *_set_of({"q1": "old"}), {"exact": 1.0})
+        outputs.write_prediction_files(own, *_set_of({"q1": "old"}), {"exact": 1.0})
         inode = own.stat().st_ino
-        report.write_prediction_files(own, *_set_of({"q1": "new"}))  # no metrics this time
+        outputs.write_prediction_files(own, *_set_of({"q1": "new"}))  # no metrics this time
         assert own.stat().st_ino != inode
         assert sorted(os.listdir(own)) == ["na_probs.json", "nbest_predictions.json",
                                            "predictions.json"]  # no stale eval_results.json
@@ -490,8 +497,10 @@ def test_the_output_set_is_swapped_in_whole_or_renamed_after_the_old_one_is_gone
         assert {stat.S_IMODE(p.stat().st_mode) for p in own.iterdir()} == {0o644}
 
         # without RENAME_EXCHANGE (NFS, old kernels): renamed aside, then in
-        monkeypatch.setattr(report, "_exchange", lambda first, second: False)
-        report.write_prediction_files(own, *_set_of({"q1": "newer"}), {"exact": 0.0})
+        from squadft import io
+
+        monkeypatch.setattr(io, "_exchange", lambda first, second: False)
+        outputs.write_prediction_files(own, *_set_of({"q1": "newer"}), {"exact": 0.0})
         assert json.loads((own / "eval_results.json").read_text()) == {"exact": 0.0}
         assert sorted(os.listdir(tmp_path)) == ["evaluate"]
 
@@ -499,9 +508,9 @@ def test_the_output_set_is_swapped_in_whole_or_renamed_after_the_old_one_is_gone
         run = tmp_path / "run"
         (run / "checkpoint-3").mkdir(parents=True)
         (run / "metrics.jsonl").write_text("{}\n")
-        report.write_prediction_files(run, *_set_of({"q1": "old"}), {"exact": 1.0})
+        outputs.write_prediction_files(run, *_set_of({"q1": "old"}), {"exact": 1.0})
         inode = run.stat().st_ino
-        report.write_prediction_files(run, *_set_of({"q1": "new"}))
+        outputs.write_prediction_files(run, *_set_of({"q1": "new"}))
         assert run.stat().st_ino == inode
         assert sorted(os.listdir(run)) == ["checkpoint-3", "metrics.jsonl", "na_probs.json",
                                            "nbest_predictions.json", "predictions.json"]
@@ -512,7 +521,7 @@ def test_the_output_set_is_swapped_in_whole_or_renamed_after_the_old_one_is_gone
         here = tmp_path / "here"
         here.mkdir()
         monkeypatch.chdir(here)
-        report.write_prediction_files(Path("."), *_set_of({"q1": "x"}))
+        outputs.write_prediction_files(Path("."), *_set_of({"q1": "x"}))
         assert here.stat().st_ino == Path.cwd().stat().st_ino
         assert (here / "predictions.json").is_file()
     finally:

@@ -30,7 +30,7 @@ def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes in bfloat16 natively (emulation does not count).
 
     On CUDA this asks about the current device, which torch.cuda.set_device has made this
-    rank's GPU (squadft.train.distributed.setup_distributed).
+    rank's GPU (squadft.runtime.distributed.setup_distributed).
     """
     if device.type != "cuda":
         return False
