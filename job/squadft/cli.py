@@ -20,6 +20,7 @@ import typer
 
 from squadft import __version__
 from squadft.config import ENV_PREFIX, Config, field_type
+from squadft.console import say, warn
 from squadft.errors import EXIT_INTERNAL, SquadftError
 
 app = typer.Typer(
@@ -52,52 +53,92 @@ def _root(
 
 # --- flags generated from Config ------------------------------------------------------------
 
-def _config_parameters(groups: tuple[str, ...] | None) -> list[inspect.Parameter]:
-    params = []
-    for f in dataclasses.fields(Config):
-        if groups is not None and f.metadata["group"] not in groups:
-            continue
-        tp = field_type(f)
-        flag = "--" + f.name.replace("_", "-")
-        decls = [f"{flag}/--no-{flag[2:]}"] if tp is bool else [flag]
-        default = f.default
-        shown = "none" if default is None else str(default)
-        help_text = f"{f.metadata['help']} [env {ENV_PREFIX}{f.name.upper()}; default: {shown}]"
-        option = typer.Option(*decls, help=help_text, show_default=False,
-                              rich_help_panel=f.metadata["group"])
-        params.append(inspect.Parameter(
-            f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
-            annotation=Annotated[tp | None, option],
-        ))
-    return params
+_CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_FROM_MODEL = "the model's squadft_inference.json, else "
+
+
+def _config_option(name: str, flag: str | None = None, *, saved: bool = False,
+                   panel: str | None = None) -> Any:
+    """The option of Config field `name`: that field's type, help, variable and default
+    (`saved`: the model's squadft_inference.json, when it has one, comes first)."""
+    f = _CONFIG_FIELDS[name]
+    tp = field_type(f)
+    flag = flag or "--" + name.replace("_", "-")
+    shown = "none" if f.default is None else str(f.default)
+    help_text = (f"{f.metadata['help']} [env {ENV_PREFIX}{name.upper()}; default: "
+                 f"{_FROM_MODEL if saved else ''}{shown}]")
+    decls = [f"{flag}/--no-{flag[2:]}"] if tp is bool else [flag]
+    option = typer.Option(*decls, help=help_text, show_default=False, rich_help_panel=panel)
+    return Annotated[tp | None, option]
+
+
+def _command(func: Callable[..., None], generated: list[str],
+             call: Callable[[dict[str, Any], dict[str, Any]], None],
+             options: Callable[[str], Any], **command_kwargs: Any) -> Callable[..., None]:
+    """Register `func` with its own parameters plus one option per name in `generated`;
+    `call(overrides, own_kwargs)` runs it, inside handle_errors."""
+    hints = typing.get_type_hints(func, include_extras=True)
+    own = [p.replace(annotation=hints[name])
+           for name, p in inspect.signature(func).parameters.items()
+           if name not in ("cfg", "settings")]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                               annotation=options(name)) for name in generated]
+
+    def wrapper(**kwargs: Any) -> None:
+        overrides = {k: kwargs.pop(k) for k in generated}
+        with handle_errors():
+            call(overrides, kwargs)
+
+    wrapper.__signature__ = inspect.Signature(own + added)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + added}
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return app.command(**command_kwargs)(wrapper)
 
 
 def config_command(
     groups: tuple[str, ...] | None = None, preset: str | None = None, **command_kwargs: Any
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Register `func(cfg: Config, **own_params)` as a command taking every Config flag."""
+    """Register `func(cfg: Config, **own_params)` as a command taking every Config flag of
+    `groups` (all when None)."""
+    names = [f.name for f in dataclasses.fields(Config)
+             if groups is None or f.metadata["group"] in groups]
 
     def decorate(func: Callable[..., None]) -> Callable[..., None]:
-        hints = typing.get_type_hints(func, include_extras=True)
-        own = [
-            p.replace(annotation=hints[name])
-            for name, p in inspect.signature(func).parameters.items()
-            if name != "cfg"
-        ]
-        config_params = _config_parameters(groups)
-        config_names = {p.name for p in config_params}
+        def call(overrides: dict[str, Any], kwargs: dict[str, Any]) -> None:
+            cfg = Config.resolve(overrides, preset=kwargs.pop("preset", None) or preset)
+            func(cfg, **kwargs)
 
-        def wrapper(**kwargs: Any) -> None:
-            overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in config_names}
-            with handle_errors():
-                cfg = Config.resolve(overrides, preset=kwargs.pop("preset", None) or preset)
-                func(cfg, **kwargs)
+        return _command(func, names, call, lambda name: _config_option(
+            name, panel=_CONFIG_FIELDS[name].metadata["group"]), **command_kwargs)
 
-        wrapper.__signature__ = inspect.Signature(own + config_params)  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {p.name: p.annotation for p in own + config_params}
-        wrapper.__name__ = func.__name__
-        wrapper.__doc__ = func.__doc__
-        return app.command(**command_kwargs)(wrapper)
+    return decorate
+
+
+# The settings of a command on a saved model; the window and answer settings default to the
+# ones saved with it.
+MODEL_SETTINGS = ("eval_batch_size", "n_best", "max_answer_length", "null_threshold",
+                  "max_seq_length", "doc_stride", "max_query_length", "precision", "device")
+_SAVED = {"max_seq_length", "doc_stride", "max_query_length", "n_best", "max_answer_length"}
+
+
+def model_command(settings: tuple[str, ...] = MODEL_SETTINGS, **command_kwargs: Any
+                  ) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register `func(cfg, settings, model, **own_params)` as a command on a saved model
+    (--model): cfg = defaults < the model's squadft_inference.json < SQUADFT_* < the flags;
+    settings = that file's InferenceSettings (None for a model squadft did not train)."""
+
+    def decorate(func: Callable[..., None]) -> Callable[..., None]:
+        def call(overrides: dict[str, Any], kwargs: dict[str, Any]) -> None:
+            from squadft.evaluate.calibration import InferenceSettings
+
+            saved = InferenceSettings.load(kwargs["model"])
+            base = saved.config_values() if saved is not None else None
+            func(Config.resolve(overrides, base=base), saved, **kwargs)
+
+        flags = {"eval_batch_size": "--batch-size"}
+        return _command(func, list(settings), call, lambda name: _config_option(
+            name, flags.get(name), saved=name in _SAVED), **command_kwargs)
 
     return decorate
 
@@ -179,53 +220,20 @@ def demo(cfg: Config) -> None:
 
 # --- evaluation commands: evaluate, score, predict, report ----------------------------------
 
-def _eval_config(model_dir: str, **overrides: Any) -> tuple[Config, Any]:
-    """Defaults < the model's saved inference settings < SQUADFT_* environment < the flags
-    given (None = not given); also returns those settings (None when the model has none)."""
-    from squadft.evaluate.calibration import InferenceSettings
-
-    settings = InferenceSettings.load(model_dir)
-    base = settings.config_values() if settings is not None else None
-    return Config.resolve(overrides, base=base), settings
-
-
 ModelDirOption = Annotated[
     str, typer.Option("--model", help="A save_pretrained directory (model + tokenizer).")
 ]
-_FROM_MODEL = "the model's squadft_inference.json, else "
-_CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
-def _config_option(name: str, flag: str | None = None, *, saved: bool = False) -> Any:
-    """An evaluate/predict option for Config field `name`, with that field's help, type and
-    default (`saved`: the model's squadft_inference.json, when it has one, comes first)."""
-    f = _CONFIG_FIELDS[name]
-    shown = "none" if f.default is None else str(f.default)
-    help_text = (f"{f.metadata['help']} [env {ENV_PREFIX}{name.upper()}; default: "
-                 f"{_FROM_MODEL if saved else ''}{shown}]")
-    option = typer.Option(flag or "--" + name.replace("_", "-"), help=help_text,
-                          show_default=False)
-    return Annotated[field_type(f) | None, option]
-
-
-MaxSeqLengthOption = _config_option("max_seq_length", saved=True)
-DocStrideOption = _config_option("doc_stride", saved=True)
-MaxQueryLengthOption = _config_option("max_query_length", saved=True)
-NBestOption = _config_option("n_best", saved=True)
-MaxAnswerLengthOption = _config_option("max_answer_length", saved=True)
-NullThresholdOption = _config_option("null_threshold")
-BatchSizeOption = _config_option("eval_batch_size", "--batch-size")
-PrecisionOption = _config_option("precision")
-DeviceOption = _config_option("device")
-MaxEvalSamplesOption = _config_option("max_eval_samples")
-
-
-@app.command(help="Evaluate a saved model on a SQuAD file: write predictions.json, "
-             "na_probs.json, nbest_predictions.json and eval_results.json; print EM/F1 at "
-             "the model's calibrated no-answer threshold, the \"always no answer\" baseline "
-             "and the oracle best_*. With no flags it reproduces the evaluation that ran "
-             "after training.")
+@model_command(MODEL_SETTINGS + ("max_eval_samples",),
+               help="Evaluate a saved model on a SQuAD file: write predictions.json, "
+               "na_probs.json, nbest_predictions.json and eval_results.json; print EM/F1 at "
+               "the model's calibrated no-answer threshold, the \"always no answer\" baseline "
+               "and the oracle best_*. With no flags it reproduces the evaluation that ran "
+               "after training.")
 def evaluate(
+    cfg: Config,
+    settings: Any,
     model: ModelDirOption,
     data: Annotated[str, typer.Option(
         "--data", help="SQuAD .json or .json.gz to score on; PATH[A:B] scores articles A "
@@ -235,38 +243,20 @@ def evaluate(
         typer.Option("--output-dir", help="Where the outputs go [default: <output_dir>/evaluate, "
                      f"{_CONFIG_FIELDS['output_dir'].default}/evaluate]."),
     ] = None,
-    batch_size: BatchSizeOption = None,
-    n_best: NBestOption = None,
-    max_answer_length: MaxAnswerLengthOption = None,
-    null_threshold: NullThresholdOption = None,
-    max_seq_length: MaxSeqLengthOption = None,
-    doc_stride: DocStrideOption = None,
-    max_query_length: MaxQueryLengthOption = None,
-    max_eval_samples: MaxEvalSamplesOption = None,
-    precision: PrecisionOption = None,
-    device: DeviceOption = None,
 ) -> None:
-    with handle_errors():
-        from squadft.evaluate.scoring import format_metrics
-        from squadft.flows.evaluation import run_evaluation
+    from squadft.evaluate.scoring import format_metrics
+    from squadft.flows.evaluation import run_evaluation
 
-        cfg, settings = _eval_config(
-            model, eval_batch_size=batch_size, n_best=n_best,
-            max_answer_length=max_answer_length, null_threshold=null_threshold,
-            max_seq_length=max_seq_length, doc_stride=doc_stride,
-            max_query_length=max_query_length, max_eval_samples=max_eval_samples,
-            precision=precision, device=device,
-        )
-        target = output_dir or os.path.join(cfg.output_dir, "evaluate")
-        run = run_evaluation(cfg, model_dir=model, data_path=data, output_dir=target,
-                                    settings=settings)
-        if run.is_main:
-            for note in run.notes:
-                typer.echo(f"squadft: {note}", err=True)
-            for warning in run.warnings:
-                typer.echo(f"squadft: warning: {warning}", err=True)
-            typer.echo(format_metrics(run.metrics))
-            typer.echo(f"outputs in {run.output_dir}")
+    target = output_dir or os.path.join(cfg.output_dir, "evaluate")
+    run = run_evaluation(cfg, model_dir=model, data_path=data, output_dir=target,
+                         settings=settings)
+    if run.is_main:
+        for note in run.notes:
+            say(note, err=True)
+        for warning in run.warnings:
+            warn(warning)
+        typer.echo(format_metrics(run.metrics))
+        typer.echo(f"outputs in {run.output_dir}")
 
 
 @app.command(help="Score an existing predictions.json against a SQuAD file, like the official "
@@ -287,16 +277,18 @@ def score(
         from squadft.evaluate.scoring import score_files
 
         result = score_files(predictions, data, na_probs_path=na_probs,
-                                    na_prob_thresh=na_prob_thresh)
+                             na_prob_thresh=na_prob_thresh)
         for warning in result.warnings:
-            typer.echo(f"squadft: warning: {warning}", err=True)
+            warn(warning)
         typer.echo(json.dumps(result.metrics, indent=2))
 
 
-@app.command(help="Answer questions with a saved model: one --question/--context pair, or "
-             "--input questions.jsonl ({\"id\", \"question\", \"context\"} per line). Prints "
-             "JSON lines; the answer is \"\" when the model finds no answer.")
+@model_command(help="Answer questions with a saved model: one --question/--context pair, "
+               "or --input questions.jsonl ({\"id\", \"question\", \"context\"} per line). "
+               "Prints JSON lines; the answer is \"\" when the model finds no answer.")
 def predict(
+    cfg: Config,
+    settings: Any,
     model: ModelDirOption,
     question: Annotated[str | None, typer.Option("--question", help="The question.")] = None,
     context: Annotated[
@@ -308,41 +300,25 @@ def predict(
     output: Annotated[
         str | None, typer.Option("--output", help="Write the JSON lines here, not to stdout.")
     ] = None,
-    null_threshold: NullThresholdOption = None,
-    batch_size: BatchSizeOption = None,
-    n_best: NBestOption = None,
-    max_answer_length: MaxAnswerLengthOption = None,
-    max_seq_length: MaxSeqLengthOption = None,
-    doc_stride: DocStrideOption = None,
-    max_query_length: MaxQueryLengthOption = None,
-    precision: PrecisionOption = None,
-    device: DeviceOption = None,
 ) -> None:
-    with handle_errors():
-        import json
+    import json
 
-        from squadft.errors import ConfigError
-        from squadft.flows import prediction
+    from squadft.errors import ConfigError
+    from squadft.flows import prediction
 
-        if (input is None) == (question is None and context is None):
-            raise ConfigError("give either --input FILE or both --question and --context")
-        if input is None and (question is None or context is None):
-            raise ConfigError("--question and --context go together")
-        if input is not None:
-            questions = prediction.read_questions_jsonl(input)
-        else:
-            questions = [prediction.question_from_flags(question or "", context or "")]
-        cfg, settings = _eval_config(
-            model, eval_batch_size=batch_size, n_best=n_best,
-            max_answer_length=max_answer_length, null_threshold=null_threshold,
-            max_seq_length=max_seq_length, doc_stride=doc_stride,
-            max_query_length=max_query_length, precision=precision, device=device,
-        )
-        answers = prediction.run_prediction(cfg, model_dir=model, questions=questions,
+    if (input is None) == (question is None and context is None):
+        raise ConfigError("give either --input FILE or both --question and --context")
+    if input is None and (question is None or context is None):
+        raise ConfigError("--question and --context go together")
+    if input is not None:
+        questions = prediction.read_questions_jsonl(input)
+    else:
+        questions = [prediction.question_from_flags(question or "", context or "")]
+    answers = prediction.run_prediction(cfg, model_dir=model, questions=questions,
                                         settings=settings, output_path=output)
-        if output is None:
-            for answer in answers:
-                typer.echo(json.dumps(answer, ensure_ascii=False))
+    if output is None:
+        for answer in answers:
+            typer.echo(json.dumps(answer, ensure_ascii=False))
 
 
 @app.command(name="report", help="Write a self-contained HTML report of one or more run "

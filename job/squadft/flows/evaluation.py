@@ -123,11 +123,6 @@ class EvaluationRun:
     notes: list[str] = field(default_factory=list)  # the parse report, leftovers removed
 
 
-def model_settings(model_dir: str | Path) -> InferenceSettings | None:
-    """The inference settings saved with a model (None for a model squadft did not train)."""
-    return InferenceSettings.load(model_dir)
-
-
 def run_evaluation(
     cfg: Config, *, model_dir: str, data_path: str, output_dir: str | Path,
     settings: InferenceSettings | None = None,
