@@ -53,7 +53,12 @@ def installed_version(name: str) -> str:
 
 
 def installed() -> dict[str, str]:
+    """What is installed in this environment's site-packages: not the packages that others
+    vendor and put on sys.path once imported (setuptools' _vendor, after torch.compile)."""
+    import sysconfig
+
+    where = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     return {
         canonicalize_name(dist.metadata["Name"]): dist.version.split("+")[0]
-        for dist in importlib.metadata.distributions()
+        for dist in importlib.metadata.distributions(path=where)
     }
