@@ -112,3 +112,27 @@ def test_the_check_sees_imports_inside_functions_and_can_fail() -> None:
     assert all(layer_of(target) > layer_of("squadft.storage.checkpoints") for target in found)
     assert imports_in("from squadft.flows import training\n", "squadft.cli") == {
         "squadft.flows.training"}
+
+
+def long_functions(source: str, limit: int = 60) -> list[tuple[str, int]]:
+    """(name, lines) of the functions in `source` longer than `limit` lines (decorators
+    included), unless the line before the def says why ("# long: ...")."""
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            start = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+            length = node.end_lineno - start + 1
+            explained = start >= 2 and lines[start - 2].strip().startswith("# long:")
+            if length > limit and not explained:
+                found.append((node.name, length))
+    return found
+
+
+def test_no_function_is_longer_than_60_lines() -> None:
+    too_long = {module: found for module, path in MODULES.items()
+                if (found := long_functions(path.read_text()))}
+    assert not too_long, f"split these into named phases (or say why): {too_long}"
+    body = "\n".join(f"    x = {i}" for i in range(60))
+    assert long_functions(f"def f():\n{body}\n") == [("f", 61)]
+    assert long_functions(f"# long: one table\ndef f():\n{body}\n") == []
