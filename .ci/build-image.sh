@@ -140,7 +140,12 @@ grep -q 'train' "$WORK/help.txt" || fail "squadft --help does not list train"
 in_image sh -c 'touch /cache/.w /workspace/.w && rm /cache/.w /workspace/.w' \
     || fail "/cache or /workspace not writable by $IMAGE_UID"
 in_image python3 -c 'import torch; assert torch.__version__.endswith("+cpu"), torch.__version__'
-step "squadft --help, user $IMAGE_UID, writable /cache and /workspace"
+# The license, at the documented place and in the installed wheel's metadata.
+in_image cat /usr/share/doc/squadft/LICENSE | cmp -s - "$ROOT/LICENSE" \
+    || fail "/usr/share/doc/squadft/LICENSE is not the repository's LICENSE"
+in_image sh -c 'cat /opt/venv/lib/python3*/site-packages/squadft-*.dist-info/licenses/LICENSE' \
+    | cmp -s - "$ROOT/LICENSE" || fail "the installed squadft wheel does not carry LICENSE"
+step "squadft --help, user $IMAGE_UID, writable /cache and /workspace, LICENSE"
 
 if [ "$IMAGE_DEMO" = 1 ]; then
     # HF_HUB_OFFLINE: the demo must need nothing but the image (chroot isolation shares the

@@ -49,6 +49,24 @@ def test_bad_values_are_one_line_errors(overrides: dict, message: str) -> None:
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+# Every float option must be a finite number: inf or nan passes a "> 0" or ">= 0" check and
+# fails only after hours of training (--null-threshold inf failed at evaluation).
+@pytest.mark.parametrize("name", ["null_threshold", "learning_rate", "weight_decay",
+                                  "adam_epsilon", "warmup_ratio", "max_grad_norm",
+                                  "answerability_loss_weight", "epochs", "calibration_fraction",
+                                  "s3_upload_deadline"])
+@pytest.mark.parametrize("raw", ["inf", "-inf", "1e309", "nan", "-nan", "Infinity"])
+def test_float_options_must_be_finite(name: str, raw: str) -> None:
+    value = raw if name == "null_threshold" else float(raw)
+    with pytest.raises(ConfigError) as info:
+        Config.resolve({name: value}, env={})
+    assert f"{name} must be a finite number (got {value!r})" in str(info.value)
+    assert "\n" not in str(info.value)
+    # the same value from the environment
+    with pytest.raises(ConfigError, match=f"{name} must be a finite number"):
+        Config.resolve(env={f"SQUADFT_{name.upper()}": raw})
+
+
 def test_bad_env_value_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="SQUADFT_EPOCHS='two'"):
         Config.resolve(env={"SQUADFT_EPOCHS": "two"})
@@ -87,6 +105,20 @@ def test_saved_config_has_no_secrets(tmp_path) -> None:
 def test_redact_url_leaves_plain_values() -> None:
     assert redact_url("distilbert-base-uncased") == "distilbert-base-uncased"
     assert redact_url("s3://bucket/prefix") == "s3://bucket/prefix"
+
+
+def test_redact_url_keeps_uris_without_credentials_byte_for_byte() -> None:
+    # sqlite:////abs and sqlite:///rel have an empty authority: urlunsplit would drop a "//"
+    for uri in ("sqlite:////data/mlflow.db", "sqlite:///mlruns.db", "file:///tmp/x",
+                "postgresql+psycopg2://host:5432/db", "https://host/path?", "mlruns"):
+        assert redact_url(uri) == uri
+
+
+def test_redact_url_still_removes_credentials_from_database_uris() -> None:
+    assert redact_url("postgres://user:pass@host/db") == "postgres://***@host/db"
+    assert redact_url("mysql+pymysql://u:p%40ss@db.internal:3306/mlflow?password=x&ssl=1") \
+        == "mysql+pymysql://***@db.internal:3306/mlflow?password=***&ssl=1"
+    assert redact_url("sqlite:////data/mlflow.db?token=abc") == "sqlite:////data/mlflow.db?token=***"
 
 
 def test_readme_configuration_table_is_current() -> None:

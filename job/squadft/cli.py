@@ -1,9 +1,15 @@
 """`squadft` command line: parse flags into a Config, call a flow, map errors to exits.
 
-This module holds no logic. The flags of `pull`, `prepare`, `train` and `demo` are generated
-from the fields of `squadft.config.Config`, and those of `evaluate` and `predict` take their
-help and defaults from the same fields (`_config_option`), so the dataclass stays the single
-source of defaults and help text (tests/test_cli.py checks every command's help against it).
+A command here only checks how its own options combine (predict's --question/--input), calls
+a flow or a report function and prints what it returns; the work is in flows/ and report/.
+Every setting is a field of `squadft.config.Config`: the flags of `pull`, `prepare`, `train`,
+`demo` and `upload` are generated from those fields, and the settings of `evaluate` and
+`predict` take their help and defaults from the same fields (`_config_option`), so Config is
+the one source of every setting's default and help (tests/test_cli.py checks every command's
+help against it). The options that are not settings belong to their command: inputs and
+outputs (--model, --data, --output...), which have no default or one derived from a setting,
+and a few with a default of their own, such as `score --na-prob-thresh` (1.0, the official
+script's) and `report --errors` (25).
 """
 
 from __future__ import annotations
@@ -25,8 +31,7 @@ from squadft.errors import EXIT_INTERNAL, SquadftError
 
 app = typer.Typer(
     name="squadft",
-    help="Fine-tune extractive question-answering models on SQuAD 2.0 (pull, prepare, train, "
-    "evaluate, predict, upload). Every option also reads SQUADFT_<OPTION> from the environment.",
+    # the commands are named at the end of this module, once they are all registered
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -74,9 +79,10 @@ def _config_option(name: str, flag: str | None = None, *, saved: bool = False,
 
 def _command(func: Callable[..., None], generated: list[str],
              call: Callable[[dict[str, Any], dict[str, Any]], None],
-             options: Callable[[str], Any], **command_kwargs: Any) -> Callable[..., None]:
-    """Register `func` with its own parameters plus one option per name in `generated`;
-    `call(overrides, own_kwargs)` runs it, inside handle_errors."""
+             options: Callable[[str], Any], target: typer.Typer | None = None,
+             **command_kwargs: Any) -> Callable[..., None]:
+    """Register `func` (on `target`, default the app) with its own parameters plus one option
+    per name in `generated`; `call(overrides, own_kwargs)` runs it, inside handle_errors."""
     hints = typing.get_type_hints(func, include_extras=True)
     own = [p.replace(annotation=hints[name])
            for name, p in inspect.signature(func).parameters.items()
@@ -93,7 +99,7 @@ def _command(func: Callable[..., None], generated: list[str],
     wrapper.__annotations__ = {p.name: p.annotation for p in own + added}
     wrapper.__name__ = func.__name__
     wrapper.__doc__ = func.__doc__
-    return app.command(**command_kwargs)(wrapper)
+    return (target or app).command(**command_kwargs)(wrapper)
 
 
 def config_command(
@@ -237,11 +243,14 @@ def evaluate(
     model: ModelDirOption,
     data: Annotated[str, typer.Option(
         "--data", help="SQuAD .json or .json.gz to score on; PATH[A:B] scores articles A "
-        "to B-1 only.")],
+        "to B-1 only (an existing PATH is taken as written; a backslash makes a , [ ] or \\ "
+        "part of PATH).")],
     output_dir: Annotated[
         str | None,
-        typer.Option("--output-dir", help="Where the outputs go [default: <output_dir>/evaluate, "
-                     f"{_CONFIG_FIELDS['output_dir'].default}/evaluate]."),
+        typer.Option("--output-dir", help="Where the outputs go [default: evaluate/ in the run "
+                     "directory that SQUADFT_OUTPUT_DIR names (train's --output-dir), else "
+                     f"{_CONFIG_FIELDS['output_dir'].default}/evaluate in the current "
+                     "directory; never beside --model]."),
     ] = None,
 ) -> None:
     from squadft.evaluate.scoring import format_metrics
@@ -284,8 +293,10 @@ def score(
 
 
 @model_command(help="Answer questions with a saved model: one --question/--context pair, "
-               "or --input questions.jsonl ({\"id\", \"question\", \"context\"} per line). "
-               "Prints JSON lines; the answer is \"\" when the model finds no answer.")
+               "or --input questions.jsonl ({\"id\", \"question\", \"context\"} per line; "
+               "without an id, line-N). Prints JSON lines; the answer is \"\" when the model "
+               "finds no answer. A --question/--context pair's id is a digest of the two, "
+               "the same on every run.")
 def predict(
     cfg: Config,
     settings: Any,
@@ -340,7 +351,9 @@ def report_command(
         "run's own applies), for the per-question figures of every RUN_DIR [default: the "
         "run's dev_file under its file:// source or in its download cache].")] = None,
     errors: Annotated[int, typer.Option(
-        "--errors", help="How many of the worst errors to list per run.")] = 25,
+        "--errors", help="How many of the worst errors of each kind (answerable questions "
+        "missed or answered wrong; unanswerable questions given an answer) to list per run.")
+    ] = 25,
     thresholds: Annotated[str | None, typer.Option(
         "--thresholds", help="Also print per run a markdown table (threshold | EM | F1 | "
         "HasAns F1 | NoAns F1) at these no-answer thresholds, comma-separated (e.g. "
@@ -384,6 +397,97 @@ def upload(
 
     typer.echo(upload_command(cfg, directory, destination))
 
+
+
+# --- sweep: trials on the cluster's own scheduler --------------------------------------------
+sweep_app = typer.Typer(
+    name="sweep", no_args_is_help=True, rich_markup_mode=None,
+    help="Hyper-parameter sweeps on the cluster's own scheduler: `plan` writes the trials, a "
+    "Slurm array script and a Kubernetes Indexed Job; each array task or pod runs `train` on "
+    "its trial; `status` ranks the trials by held-out F1.")
+app.add_typer(sweep_app)
+SweepDir = Annotated[str, typer.Argument(
+    help="The sweep directory: sweep.json, and each trial's run directory trial-NNN.",
+    metavar="SWEEP_DIR")]
+
+
+def sweep_plan(
+    sweep_dir: SweepDir,
+    grid: Annotated[list[str] | None, typer.Option(
+        "--grid", help="NAME=V1,V2,...: a setting (learning_rate or learning-rate) and its "
+        "values; several --grid make their cartesian product (a value holding a comma needs "
+        "--trials).")] = None,
+    trials: Annotated[str | None, typer.Option(
+        "--trials", help="A JSON list (or, named .yaml/.yml, a YAML list) of {setting: value} "
+        "objects, one per trial, instead of --grid.")] = None,
+    max_parallel: Annotated[int | None, typer.Option(
+        "--max-parallel", help="Trials running at once: %N of the Slurm array, parallelism "
+        "of the Indexed Job [default: all].")] = None,
+    image: Annotated[str, typer.Option(
+        "--image", help="The Indexed Job's image.")] = f"squadft:{__version__}",
+    train_script: Annotated[str | None, typer.Option(
+        "--train-script", help="slurm/train.sh as the cluster sees it, which each array task "
+        "runs [default: this checkout's].")] = None,
+    preset: PresetOption = None,
+) -> None:
+    """Plan a sweep: the trials of --grid or --trials over the settings given here."""
+
+
+def _sweep_plan_call(overrides: dict[str, Any], kwargs: dict[str, Any]) -> None:
+    from squadft.flows import sweep
+
+    planned = sweep.plan(kwargs["sweep_dir"], overrides, preset=kwargs["preset"],
+                         grid=kwargs["grid"] or [], trials_file=kwargs["trials"],
+                         max_parallel=kwargs["max_parallel"], image=kwargs["image"],
+                         train_script=kwargs["train_script"])
+    for line in planned.summary():
+        say(line)
+
+
+_command(sweep_plan, [name for name in _CONFIG_FIELDS if name != "output_dir"],
+         _sweep_plan_call, lambda name: _config_option(
+             name, panel=_CONFIG_FIELDS[name].metadata["group"]), target=sweep_app,
+         name="plan", help="Write a sweep into SWEEP_DIR: sweep.json (every trial's settings, "
+         "checked now; the settings given here and SQUADFT_* are shared by all), sweep.sbatch "
+         "(a Slurm array, one task per trial, each preemptible and requeued like "
+         "slurm/train.sh) and sweep-job.yaml (a Kubernetes Indexed Job).")
+
+
+@sweep_app.command("train", help="Train the trial that SLURM_ARRAY_TASK_ID or "
+                   "JOB_COMPLETION_INDEX names, in SWEEP_DIR/trial-NNN (and <s3-uri>/trial-NNN), "
+                   "as `squadft train` would; record its state for `status`.")
+def sweep_train(
+    sweep_dir: SweepDir,
+    plan: Annotated[str | None, typer.Option(
+        "--plan", help="The sweep.json to read, when it is not in SWEEP_DIR (a Kubernetes "
+        "ConfigMap); copied there.")] = None,
+) -> None:
+    with handle_errors():
+        from squadft.flows import sweep
+
+        sweep.run_trial(sweep_dir, plan)
+
+
+@sweep_app.command("status", help="Rank the trials by held-out F1 (at the calibrated "
+                   "threshold, on articles held out of training), mark the chosen one and show "
+                   "its dev F1 only; trials running, preempted or failed are shown as such.")
+def sweep_status(sweep_dir: SweepDir) -> None:
+    with handle_errors():
+        from squadft.flows import sweep
+
+        typer.echo(sweep.format_status(sweep.rank_trials(sweep_dir)))
+
+
+def _command_names() -> list[str]:
+    """Every registered command and command group, in the order --help lists them."""
+    commands = [c.name or typer.main.get_command_name(c.callback.__name__)
+                for c in app.registered_commands if c.callback is not None]
+    return commands + [str(g.typer_instance.info.name) for g in app.registered_groups]
+
+
+app.info.help = (f"Fine-tune extractive question-answering models on SQuAD 2.0. Commands: "
+                 f"{', '.join(_command_names())}. Every option also reads SQUADFT_<OPTION> "
+                 "from the environment.")
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import types
@@ -20,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from squadft.errors import ConfigError, ModelLoadError
 
@@ -53,7 +54,8 @@ class Config:
     train_file: str = _opt(
         "train-v2.0.json",
         "Training file(s) under --source, comma-separated (their union is trained on); "
-        "NAME[A:B] takes articles A to B-1 of a file.",
+        "NAME[A:B] takes articles A to B-1 of a file; a backslash makes a , [ ] or \\ part of "
+        "a NAME.",
         "data",
     )
     dev_file: str = _opt(
@@ -117,6 +119,13 @@ class Config:
     adam_epsilon: float = _opt(1e-8, "AdamW epsilon.", "train")
     warmup_ratio: float = _opt(0.1, "Fraction of steps with linear warmup.", "train")
     max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 disables).", "train")
+    max_skipped_steps: int = _opt(
+        10,
+        "An optimizer step whose loss or gradient norm is not finite is skipped (no update, "
+        "as AMP's loss scaler does) and counted; this many in a row stop training as "
+        "diverged (exit 8), without writing final/.",
+        "train",
+    )
     answerability_loss_weight: float = _opt(
         0.0,
         "Weight of an extra loss that trains [CLS] score minus best span score to separate "
@@ -155,6 +164,28 @@ class Config:
         "auto",
         "auto: continue from the newest complete checkpoint; never; or a checkpoint path.",
         "train",
+    )
+    # --- model selection, on the held-out articles only ---------------------------------
+    eval_steps: int = _opt(
+        0,
+        "Evaluate the weights on the held-out articles every N optimizer steps (0: at the end "
+        "of each epoch); each evaluation calibrates its own threshold and is a checkpoint.",
+        "selection",
+    )
+    select_best: bool = _opt(
+        True,
+        "final/ gets the evaluated checkpoint with the best held-out F1 and its threshold, "
+        "not the last weights (with held-out data; the dev data never takes part).",
+        "selection",
+    )
+    early_stopping_patience: int = _opt(
+        0,
+        "Stop after N held-out evaluations in a row that do not beat the best F1 by "
+        "--early-stopping-threshold points (0: never stop early).",
+        "selection",
+    )
+    early_stopping_threshold: float = _opt(
+        0.0, "F1 points an evaluation must gain over the best to count as better.", "selection"
     )
     # --- evaluation -----------------------------------------------------------------------
     do_eval: bool = _opt(True, "Evaluate on the dev data after training.", "eval")
@@ -437,7 +468,31 @@ def resume_differences(saved: Mapping[str, Any], cfg: Config, where: str) -> lis
             if key in saved and key in current and saved[key] != current[key]]
 
 
+def _non_finite(cfg: Config) -> list[str]:
+    """Every float option (and a numeric --null-threshold) must be finite: inf or nan passes
+    the range checks below and would fail only after training, or never."""
+    problems = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name == "null_threshold" and value != "auto":
+            try:
+                number = float(value)
+            except ValueError:
+                continue  # not a number at all: said below
+        elif isinstance(value, float):  # ints are always finite
+            number = value
+        else:
+            continue
+        if not math.isfinite(number):
+            problems.append(f"{f.name} must be a finite number (got {value!r})")
+    return problems
+
+
 def _validate(cfg: Config) -> typing.Iterator[str]:
+    non_finite = _non_finite(cfg)
+    if non_finite:  # the range checks would only repeat them ("must be > 0 (got nan)")
+        yield from non_finite
+        return
     for f in fields(cfg):
         choices = f.metadata.get("choices")
         value = getattr(cfg, f.name)
@@ -445,12 +500,13 @@ def _validate(cfg: Config) -> typing.Iterator[str]:
             yield f"{f.name} must be one of {', '.join(choices)} (got {value!r})"
     positive = ("max_seq_length", "max_query_length", "s3_max_concurrency", "s3_upload_deadline",
                 "batch_size", "eval_batch_size", "grad_accum_steps", "n_best",
-                "max_answer_length", "logging_steps")
+                "max_answer_length", "logging_steps", "max_skipped_steps")
     for name in positive:
         if getattr(cfg, name) <= 0:
             yield f"{name} must be > 0 (got {getattr(cfg, name)})"
     non_negative = ("doc_stride", "weight_decay", "warmup_ratio", "max_grad_norm", "num_workers",
-                    "save_steps", "save_total_limit", "adam_epsilon", "answerability_loss_weight")
+                    "save_steps", "save_total_limit", "adam_epsilon", "answerability_loss_weight",
+                    "eval_steps", "early_stopping_patience", "early_stopping_threshold")
     for name in non_negative:
         if getattr(cfg, name) < 0:
             yield f"{name} must be >= 0 (got {getattr(cfg, name)})"
@@ -523,24 +579,24 @@ _SECRET_QUERY_KEYS = re.compile(
 
 
 def redact_url(value: str) -> str:
-    """Hide credentials in a URL: user:password@ and secret-looking query parameters."""
+    """Hide credentials in a URL: user:password@ and secret-looking query parameters. Only
+    those are replaced, in place: the rest comes back byte for byte (urlunsplit would turn
+    sqlite:////data/mlflow.db, whose authority is empty, into sqlite://data/mlflow.db)."""
     if "://" not in value:
         return value
     try:
         parts = urlsplit(value)
     except ValueError:
         return value
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = parts.query
-    if query:
+    if "@" in parts.netloc:  # the authority follows the first "://"
+        value = value.replace(parts.netloc, "***@" + parts.netloc.rsplit("@", 1)[1], 1)
+    if parts.query:  # the query starts at the first "?" (the authority and path have none)
         pieces = []
-        for piece in query.split("&"):
+        for piece in parts.query.split("&"):
             key, sep, _ = piece.partition("=")
             pieces.append(f"{key}=***" if sep and _SECRET_QUERY_KEYS.search(key) else piece)
-        query = "&".join(pieces)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        value = value.replace("?" + parts.query, "?" + "&".join(pieces), 1)
+    return value
 
 
 def markdown_table() -> str:

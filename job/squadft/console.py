@@ -1,9 +1,9 @@
 """What squadft tells the person running it, and on which stream.
 
-The rule: stdout carries what a command produces and reports as its result, the steps of a
-command that draws no progress bar (pull, prepare, evaluate: "squadft: train: ... downloaded"),
-so `squadft evaluate > log` keeps the story; stderr carries warnings, and anything said while
-a progress bar is drawn on stderr (the training loop, uploads), so the two never interleave on
+The rule: stdout carries what a command produces and reports as its result, and the steps
+said between progress bars (pull, prepare, evaluate: "squadft: train: ... downloaded"), so
+`squadft evaluate > log` keeps the story; stderr carries warnings, the bars, and anything said
+while a bar is drawn (the training loop, inference, uploads), so the two never interleave on
 one line. Every line starts with "squadft: " (warnings with "squadft: warning: "), is flushed at
 once (a job log must show where a killed process was), and never contains a credential: the
 callers redact URLs (config.redact_url) before saying them.

@@ -11,6 +11,8 @@ Exit codes (documented in the README, used by the Kubernetes and Slurm launchers
 5     storage error (S3 upload/download, credentials, unwritable or full disk)
 6     model or tokenizer could not be loaded
 7     out of memory
+8     training diverged: the loss or gradient norm was not finite for --max-skipped-steps
+      optimizer steps in a row (each was skipped); final/ is not written
 75    preempted: SIGTERM/SIGUSR1 received, a checkpoint was written, requeue me
 ====  ==========================================================================
 """
@@ -24,6 +26,7 @@ EXIT_NETWORK = 4
 EXIT_STORAGE = 5
 EXIT_MODEL = 6
 EXIT_OOM = 7
+EXIT_DIVERGED = 8
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"
 
 
@@ -59,6 +62,13 @@ class ModelLoadError(SquadftError):
 
 class OutOfMemory(SquadftError):
     exit_code = EXIT_OOM
+
+
+class TrainingDiverged(SquadftError):
+    """Too many optimizer steps in a row with a non-finite loss or gradient norm: retrying
+    with the same settings diverges again, so it has its own exit code."""
+
+    exit_code = EXIT_DIVERGED
 
 
 class Preempted(SquadftError):

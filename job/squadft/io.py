@@ -26,7 +26,7 @@ import socket
 import tempfile
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -131,11 +131,8 @@ def process_start(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    try:
         return int(stat.rsplit(")", 1)[1].split()[19])
-    except (IndexError, ValueError):
+    except (OSError, IndexError, ValueError):
         return None
 
 
@@ -209,15 +206,10 @@ def remove_stale_temps(directory: str | os.PathLike[str], *,
         if match["kind"] == "old" and moved_aside is not None:
             original = directory / moved_aside["base"]
             if not original.exists():
-                try:
+                with suppress(OSError):
                     os.rename(path, original)
                     continue
-                except OSError:
-                    pass
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            _unlink_quietly(str(path))
+        remove_temp_tree(path)
         if os.path.lexists(path):
             warn(f"cannot remove {path}, left by an interrupted squadft process")
             continue
@@ -231,7 +223,24 @@ def remove_temp_tree(path: str | os.PathLike[str]) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        _unlink_quietly(str(path))
+        with suppress(OSError):
+            path.unlink()
+
+
+@contextmanager
+def removed_on_failure(temp: str | os.PathLike[str],
+                       target: str | os.PathLike[str]) -> Iterator[None]:
+    """Remove the temporary file or directory `temp` if the block fails; an OSError becomes a
+    one-line StorageError about `target`, worded before the removal frees the space."""
+    try:
+        yield
+    except OSError as exc:
+        message = describe_os_error(exc, target)
+        remove_temp_tree(temp)
+        raise StorageError(message) from None
+    except BaseException:
+        remove_temp_tree(temp)
+        raise
 
 
 @contextmanager
@@ -244,7 +253,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Bina
                                    dir=path.parent)
     except OSError as exc:
         raise StorageError(describe_os_error(exc, path)) from None
-    try:
+    with removed_on_failure(tmp, path):
         # mkstemp creates 0600 files; give the final file the usual permissions (0666 - umask)
         # so other users and containers sharing the volume can read predictions and checkpoints.
         os.fchmod(fd, 0o666 & ~current_umask())
@@ -253,25 +262,16 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Bina
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
-        message = describe_os_error(exc, path)  # before the unlink frees the space
-        _unlink_quietly(tmp)
-        raise StorageError(message) from None
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
     fsync_dir(path.parent)
 
 
 def current_umask() -> int:
     """The process umask, read without changing it where /proc allows (thread-safe)."""
-    try:
+    with suppress(OSError, ValueError, IndexError):
         with open("/proc/self/status", encoding="ascii", errors="replace") as handle:
             for line in handle:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -293,24 +293,13 @@ def apply_umask(root: str | os.PathLike[str]) -> None:
                 os.chmod(path, 0o666 & ~mask)
 
 
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
 def fsync_dir(directory: str | os.PathLike[str]) -> None:
-    try:
+    with suppress(OSError):  # best effort: not every filesystem syncs directories
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 _RENAME_EXCHANGE = 2
@@ -375,12 +364,9 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = 8 << 20) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: str | os.PathLike[str]) -> str:
     with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 # --- blocks an exception from a signal handler must not cut in half --------------------------
@@ -441,7 +427,7 @@ def ensure_writable_dir(path: str | os.PathLike[str], probe_bytes: int = 0) -> P
         raise StorageError(describe_os_error(exc, path)) from None
     finally:
         os.close(fd)
-        _unlink_quietly(probe)
+        remove_temp_tree(probe)
     return path
 
 

@@ -13,10 +13,7 @@ from squadft.errors import ConfigError, ModelLoadError
 def load_tokenizer(name_or_path: str) -> Any:
     from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(_load_hint(name_or_path, "tokenizer", exc)) from None
+    tokenizer = _from_pretrained(AutoTokenizer, name_or_path, "tokenizer")
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"{name_or_path}: a fast (Rust) tokenizer is required for offsets")
     return tokenizer
@@ -33,11 +30,8 @@ def load_model(name_or_path: str, **kwargs: Any) -> Any:
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()  # "Loading weights" bar: noise in job logs
     try:
-        model, info = AutoModelForQuestionAnswering.from_pretrained(
-            name_or_path, output_loading_info=True, **kwargs
-        )
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(_load_hint(name_or_path, "model", exc)) from None
+        model, info = _from_pretrained(AutoModelForQuestionAnswering, name_or_path, "model",
+                                       output_loading_info=True, **kwargs)
     finally:
         transformers_logging.set_verbosity(verbosity)
         if bars:
@@ -81,10 +75,7 @@ def check_window(name_or_path: str, tokenizer: Any, *, max_seq_length: int, doc_
     if model_config is None:
         from transformers import AutoConfig
 
-        try:
-            model_config = AutoConfig.from_pretrained(name_or_path)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(_load_hint(name_or_path, "model config", exc)) from None
+        model_config = _from_pretrained(AutoConfig, name_or_path, "model config")
     limit = max_positions(model_config)
     if limit is not None and max_seq_length > limit:
         raise ConfigError(
@@ -100,13 +91,18 @@ def check_window(name_or_path: str, tokenizer: Any, *, max_seq_length: int, doc_
              f"{max_query_length}: longer questions are cut (counted in the feature report)")
 
 
-def _load_hint(name_or_path: str, what: str, exc: Exception) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if os.path.isdir(name_or_path):
-        return f"cannot load {what} from {name_or_path}: {first}"
-    if Path(name_or_path).expanduser().exists() or name_or_path.startswith((".", "/", "~")):
-        return f"cannot load {what} from {name_or_path}: not a save_pretrained directory"
-    return (
-        f"cannot load {what} {name_or_path!r} (not in the local Hugging Face cache and the hub "
-        "is unreachable?); pass a local save_pretrained directory with --model"
-    )
+def _from_pretrained(auto_class: Any, name_or_path: str, what: str, **kwargs: Any) -> Any:
+    """`auto_class.from_pretrained`, failing with a one-line, offline-friendly ModelLoadError."""
+    try:
+        return auto_class.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if os.path.isdir(name_or_path):
+            hint = f"cannot load {what} from {name_or_path}: {first}"
+        elif Path(name_or_path).expanduser().exists() or name_or_path.startswith((".", "/", "~")):
+            hint = f"cannot load {what} from {name_or_path}: not a save_pretrained directory"
+        else:
+            hint = (f"cannot load {what} {name_or_path!r} (not in the local Hugging Face cache "
+                    "and the hub is unreachable?); pass a local save_pretrained directory "
+                    "with --model")
+        raise ModelLoadError(hint) from None

@@ -92,3 +92,28 @@ def test_stratified_sample_keeps_the_unanswerable_share(dev_examples: list[Examp
     assert small <= large  # nested: growing N only adds questions
     assert small != {e.id for e in stratified_sample(dev_examples, 100, seed=4)}
     assert stratified_sample(dev_examples, 10**6, seed=3) == dev_examples
+
+
+def _kinds(examples: list[Example], articles: set[int]) -> set[bool]:
+    return {e.is_impossible for e in examples if e.article in articles}
+
+
+def test_holdout_has_answerable_and_unanswerable_questions(
+    train_parsed: tuple[list[Example], Any],
+) -> None:
+    # the bundled train file: only articles 4 and 5 have unanswerable questions
+    examples = train_parsed[0]
+    label = "train-v2.0-first10.json.gz"
+    picks = [holdout_articles(examples, 0.02, seed=s, label=label) for s in range(12)]
+    assert all(_kinds(examples, chosen) == {True, False} for chosen in picks)
+    assert all(len(chosen) == 1 for chosen in picks)  # one article has both kinds: enough
+    assert {frozenset(chosen) for chosen in picks} == {frozenset({4}), frozenset({5})}
+    assert holdout_articles(examples, 0.02, seed=3, label=label) == picks[3]  # seeded
+    # no article has both kinds: one of each, still whole articles, one left to train on
+    pure = [e for e in examples if e.article in (0, 1) or (e.article == 4 and e.is_impossible)]
+    for seed in range(6):
+        chosen = holdout_articles(pure, 0.02, seed=seed, label=label)
+        assert _kinds(pure, chosen) == {True, False} and len(chosen) == 2 and 4 in chosen
+    # no such choice leaves an article to train on: nothing is held out
+    two = [e for e in pure if e.article != 1]
+    assert holdout_articles(two, 0.5, seed=1, label=label) == set()

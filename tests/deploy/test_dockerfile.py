@@ -22,6 +22,7 @@ from tests.deploy.pins import LOCK, pins
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
+IMAGE_LICENSE = "/usr/share/doc/squadft/LICENSE"
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -87,7 +88,8 @@ def test_multi_stage_and_the_final_stage_installs_nothing() -> None:
     for tool in ("pip", "apt-get", "apk", "conda", "gcc", "make"):
         assert tool not in runs, f"{tool} in the final stage"
     copies = [arguments for keyword, arguments in final if keyword == "COPY"]
-    assert copies == ["--from=builder /opt/venv /opt/venv"]
+    # the venv and the license text (tests/deploy/test_license.py), no sources
+    assert copies == ["--from=builder /opt/venv /opt/venv", f"LICENSE {IMAGE_LICENSE}"]
 
 
 def test_final_stage_user_entrypoint_labels_and_writable_dirs() -> None:
@@ -228,6 +230,7 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
     needed = [
         "pyproject.toml",
         "README.md",
+        "LICENSE",
         "docker/constraints.txt",
         "docker/constraints-torch.txt",
         "docker/constraints-build.txt",

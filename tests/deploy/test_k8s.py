@@ -1,4 +1,5 @@
-"""k8s/*.yaml: schema-valid for Kubernetes 1.34 and true to the rules the schema cannot see.
+"""k8s/*.yaml: schema-valid for every Kubernetes version from the documented minimum to the
+newest that kubernetes-validate bundles, and true to the rules the schema cannot see.
 
 No API server can run here, so the API server's own rules for Jobs (restartPolicy with
 podFailurePolicy, exit-code rules naming a real container), what the image expects
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from squadft.errors import EXIT_CONFIG, EXIT_DATA, EXIT_OOM, EXIT_PREEMPTED
+from squadft.errors import EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_OOM, EXIT_PREEMPTED
 
 from tests.deploy.manifests import (
     IMAGE,
@@ -35,6 +36,11 @@ from tests.deploy.manifests import (
 )
 
 K8S_VERSION = "1.34.0"
+# The oldest Kubernetes the docs and the Job manifests' headers claim; validated from there up.
+_CLAIMS = [K8S_DIR.parent / "docs" / "DEPLOY.md", K8S_DIR / "train-job.yaml",
+           K8S_DIR / "train-multinode.yaml"]
+_MINIMUM = {m for path in _CLAIMS
+            for m in re.findall(r"Kubernetes (\d+\.\d+) or\s+newer", path.read_text())}
 MANIFESTS = sorted(K8S_DIR.glob("*.yaml"))
 # What the README and docs/DEPLOY.md tell users to `kubectl apply -f`, each file on its own.
 ENTRY_MANIFESTS = ["train-job.yaml", "train-multinode.yaml", "pytorchjob.yaml"]
@@ -97,13 +103,33 @@ def uncommented_configmap(path: Path) -> dict[str, Any]:
 # --- schema --------------------------------------------------------------------------------
 
 
-def test_every_manifest_passes_strict_schema_validation_cli() -> None:
+def claimed_versions() -> list[str]:
+    from kubernetes_validate.utils import all_versions
+
+    (minimum,) = _MINIMUM or {"no claim"}  # one minimum, stated in every file that claims it
+
+    def key(version: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in version.split("."))
+
+    return sorted({v for v in all_versions() if key(v) >= key(minimum + ".0")}, key=key)
+
+
+def test_the_minimum_kubernetes_version_is_stated_once_and_in_every_job_file() -> None:
+    assert len(_MINIMUM) == 1, _MINIMUM
+    for path in _CLAIMS:
+        assert re.search(r"Kubernetes \d+\.\d+ or\s+newer", path.read_text()), path.name
+    assert claimed_versions()[0] == f"{next(iter(_MINIMUM))}.0"
+    assert K8S_VERSION in claimed_versions()
+
+
+@pytest.mark.parametrize("version", claimed_versions() if len(_MINIMUM) == 1 else ["no claim"])
+def test_every_manifest_passes_strict_schema_validation_cli(version: str) -> None:
     assert {p.name for p in MANIFESTS} >= {*ENTRY_MANIFESTS, "secret.example.yaml"}
     tool = shutil.which("kubernetes-validate") or str(
         Path(sys.executable).parent / "kubernetes-validate"
     )
     result = subprocess.run(
-        [tool, "--strict", "-k", K8S_VERSION, *map(str, MANIFESTS)],
+        [tool, "--strict", "-k", version, *map(str, MANIFESTS)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -169,8 +195,9 @@ def test_job_restart_and_failure_policy(name: str, job: dict[str, Any]) -> None:
         assert not by_code, by_code
     else:
         assert by_code[EXIT_PREEMPTED] == "Ignore"
-        # retrying cannot help: bad flags, bad data, the same batch out of memory again
-        for code in (EXIT_CONFIG, EXIT_DATA, EXIT_OOM):
+        # retrying cannot help: bad flags, bad data, the same batch out of memory again, a
+        # diverged run diverging again
+        for code in (EXIT_CONFIG, EXIT_DATA, EXIT_OOM, EXIT_DIVERGED):
             assert by_code[code] == "FailJob", code
     disruption = [
         r

@@ -96,6 +96,45 @@ def test_inference_settings_round_trip_and_reject_damage(tmp_path: Path) -> None
         InferenceSettings.load(tmp_path)
 
 
+# An edited or damaged threshold would otherwise be used as it is: NaN answers every question
+# (no comparison with NaN is true), a string "0.5" was parsed as if it were a number.
+@pytest.mark.parametrize("key", ["null_threshold", "calibration.null_threshold"])
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", '"0.5"', '"nan"', "true",
+                                 "[1.0]"])
+def test_inference_settings_reject_a_threshold_that_is_not_a_finite_number(
+    tmp_path: Path, key: str, raw: str
+) -> None:
+    calibration = calibrate(_result({"a": "x", "b": "y"}, {"a": -1.0, "b": 2.0}),
+                            {"a": ["x"], "b": []}, source="held out")
+    InferenceSettings.from_config(Config(), calibration).save(tmp_path)
+    path = tmp_path / INFERENCE_FILE
+    data = json.loads(path.read_text())
+    holder = data["calibration"] if key.startswith("calibration.") else data
+    holder["null_threshold"] = "@"
+    path.write_text(json.dumps(data).replace('"@"', raw))
+    with pytest.raises(DataError) as info:
+        InferenceSettings.load(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and f"{key} must be a finite number" in message
+    assert "\n" not in message
+
+
+def test_inference_settings_reject_two_different_thresholds(tmp_path: Path) -> None:
+    calibration = calibrate(_result({"a": "x", "b": "y"}, {"a": -1.0, "b": 2.0}),
+                            {"a": ["x"], "b": []}, source="held out")
+    InferenceSettings.from_config(Config(), calibration).save(tmp_path)
+    path = tmp_path / INFERENCE_FILE
+    data = json.loads(path.read_text())
+    data["null_threshold"] = calibration.null_threshold + 1.0  # edited in one place only
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="null_threshold .* differs from calibration"):
+        InferenceSettings.load(tmp_path)
+    data["null_threshold"], data["calibration"] = calibration.null_threshold, None
+    path.write_text(json.dumps(data))  # a threshold without its calibration
+    with pytest.raises(DataError, match="null_threshold .* differs from calibration"):
+        InferenceSettings.load(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def scored_alone_and_together(dev_subset_examples: list[Example], bert_tokenizer: Any,
                               tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:

@@ -183,8 +183,9 @@ def test_two_process_gloo_equals_single_process(
     assert ranks[0] == ranks[1]  # every rank gets rank 0's metrics
     timing = {"inference_seconds", "postprocess_seconds"}
     for key, value in single.items():
-        if key not in timing:
+        if key not in timing | {"ci95"}:
             assert ranks[0][key] == pytest.approx(value), key
+    assert ranks[0]["ci95"] == single["ci95"]  # the same answers, the same resamples
     single_predictions = json.loads((tmp_path / "single" / "predictions.json").read_text())
     ddp_predictions = json.loads((shared / "eval" / "predictions.json").read_text())
     assert ddp_predictions == single_predictions
@@ -216,3 +217,19 @@ def test_evaluation_out_of_memory_names_the_batch_and_the_flag(
     with pytest.raises(RuntimeError, match="device-side assert"):
         predict_logits(_FailsWith(RuntimeError("CUDA error: device-side assert triggered")),
                        features, batch_size=4, device="cpu")
+
+
+def test_a_named_run_draws_a_bar_of_windows_on_stderr(
+    small_set: tuple[list, Features], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Like training's bar: on stderr (stdout keeps the results), in windows, closed at the
+    end; no bar without a name (predict, tests)."""
+    _, features = small_set
+    model = make_tiny_model()
+    predict_logits(model, features, batch_size=16, device="cpu", progress="evaluate")
+    out, err = capsys.readouterr()
+    n = len(features)
+    assert out == "" and err.lstrip("\r").startswith("evaluate:") and err.endswith("\n")
+    assert "evaluate: 100%" in err and f"{n}/{n}" in err and "window/s" in err
+    predict_logits(model, features, batch_size=16, device="cpu")
+    assert capsys.readouterr() == ("", "")

@@ -234,7 +234,8 @@ def test_evaluate_writes_official_formats(tiny_model_dir: Path, tmp_path: Path) 
     # the first number shown is at a threshold fixed in advance, and says which one
     assert lines[0].startswith("60 questions at null threshold 0, no calibrated threshold")
     assert lines[1].startswith("always no answer: EM ")
-    assert lines[2].startswith("oracle (threshold tuned on these same questions): best_exact")
+    assert lines[2] == "no 95% interval: the questions come from one article"
+    assert lines[3].startswith("oracle (threshold tuned on these same questions): best_exact")
     assert "has no squadft_inference.json" in result.stderr
 
     predictions = json.loads((out / "predictions.json").read_text())
@@ -318,6 +319,11 @@ def test_predict_single_question(tiny_model_dir: Path) -> None:
     assert record["answer"] in CONTEXT
     refused = json.loads(runner.invoke(app, [*args, "--null-threshold", "-1e9"]).stdout)
     assert refused["answer"] == "" and refused["best_span"] == record["best_span"]
+    # its id: a digest of the question and the context (SQuAD's 24 hex digits), the same on
+    # every run, another for another pair
+    assert re.fullmatch(r"[0-9a-f]{24}", record["id"]) and refused["id"] == record["id"]
+    other = runner.invoke(app, [*args[:4], "Who were the Normans?", *args[5:]])
+    assert json.loads(other.stdout)["id"] not in (record["id"], "question")
 
 
 def test_predict_jsonl_batch(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -393,6 +399,32 @@ def test_predict_defaults_to_the_models_calibrated_threshold(tiny_model_dir: Pat
     assert given["answer"] == record["best_span"]
 
 
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_a_nan_threshold_in_the_models_settings_is_exit_3_naming_file_and_key(
+    tiny_model_dir: Path, tmp_path: Path, command: str
+) -> None:
+    import shutil
+
+    from squadft.config import Config
+    from squadft.evaluate.calibration import INFERENCE_FILE, Calibration, InferenceSettings
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    calibration = Calibration(null_threshold=1.5, source="test", questions=2, unanswerable=1,
+                              scores={"exact": 50.0, "f1": 50.0, "total": 2}, f1_at_zero=50.0,
+                              always_no_answer_f1=50.0)
+    InferenceSettings.from_config(Config(max_seq_length=64, doc_stride=16), calibration).save(model)
+    path = model / INFERENCE_FILE
+    path.write_text(path.read_text().replace("1.5", "NaN"))  # both keys, as a NaN run writes
+    data = (["--data", str(DEV_SAMPLE), "--output-dir", str(tmp_path / "out")]
+            if command == "evaluate" else ["--question", "Who?", "--context", CONTEXT])
+    result = runner.invoke(app, [command, "--model", str(model), *data])
+    assert result.exit_code == 3, result.output
+    assert result.stderr.strip() == (f"squadft: error: {path}: calibration.null_threshold must "
+                                     "be a finite number (got NaN)")
+    assert not (tmp_path / "out").exists()
+
+
 # --- the output set: whole or not at all, checked before inference, umask --------------------
 
 EVAL_FLAGS = ["--max-seq-length", "128", "--doc-stride", "48", "--precision", "fp32",
@@ -434,6 +466,32 @@ def test_a_full_disk_during_evaluate_leaves_the_previous_outputs_whole(
     assert sorted(os.listdir(disk)) == ["evaluate", "filler"]  # no staging directory left
 
 
+def test_evaluate_draws_a_progress_bar_on_stderr_sparingly_in_a_log(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A real `squadft evaluate` writing to files (a batch job's log): the bar is on stderr
+    and, as training's, drawn at its start and end only (every 30 s off a terminal), though
+    the run has 20 batches; stdout keeps the results alone."""
+    import subprocess
+    import sys
+
+    from tests.train.common import REPO_ROOT, subprocess_env
+
+    done = subprocess.run(
+        [sys.executable, "-m", "squadft", "evaluate", "--model", str(tiny_model_dir), "--data",
+         f"{DEV_SAMPLE}[11:]", "--output-dir", str(tmp_path / "ev"), "--max-eval-samples",
+         "300", *EVAL_FLAGS[:-1], "16"],
+        capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    windows = json.loads((tmp_path / "ev" / "eval_results.json").read_text())["features"]
+    assert windows > 19 * 16
+    draws = [part for part in re.split(r"[\r\n]", done.stderr) if part.startswith("evaluate:")]
+    assert len(draws) == 2 and re.match(rf"evaluate: +0%\| +\| 0/{windows} ", draws[0])
+    assert re.match(rf"evaluate: 100%\|\S+\| {windows}/{windows} \[", draws[1]), draws
+    assert "evaluate:" not in done.stdout and "it/s" not in done.stdout
+    assert "300 questions at null threshold" in done.stdout
+
+
 def test_evaluate_checks_the_output_folder_before_inference(
     small_disk, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -468,6 +526,23 @@ def test_evaluate_prints_the_parse_report_its_warnings_refer_to(
                        if line.startswith("squadft: data: "))
     assert f"{path}: SQuAD 2.0" in report_line and "1 examples dropped" in report_line
     assert f"1 questions of {path}[0:1] could not be parsed" in result.stderr
+
+
+def test_evaluate_data_names_a_file_with_brackets_and_commas(
+    tiny_model_dir: Path, dev_json: dict[str, Any], tmp_path: Path
+) -> None:
+    """--data takes an existing file as it is written, or escaped with a slice after it."""
+    data = {**dev_json, "data": dev_json["data"][:1]}
+    path = _write(tmp_path / "dev[v2],a.json", data)
+    for given in (str(path), str(tmp_path / "dev\\[v2\\]\\,a.json[0:1]")):
+        result = runner.invoke(app, ["evaluate", "--model", str(tiny_model_dir), "--data",
+                                     given, "--output-dir", str(tmp_path / "ev"), *EVAL_FLAGS])
+        assert result.exit_code == 0, result.output
+        assert f"squadft: data: {path}: SQuAD 2.0" in result.stderr
+    result = runner.invoke(app, ["evaluate", "--model", str(tiny_model_dir), "--data",
+                                 f"{path}[0:1]", "--output-dir", str(tmp_path / "ev")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "invalid data file" in result.output and "\\[" in result.output
 
 
 def _set_of(texts: dict[str, str]) -> tuple[dict[str, str], Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from squadft.cli import app
 from squadft.config import Config
-from squadft.errors import DataError, StorageError
+from squadft.errors import ConfigError, DataError, StorageError
 from squadft.flows import preparation, training
 from typer.testing import CliRunner
 
@@ -129,6 +129,11 @@ def test_several_training_files_train_on_their_union(
     (["--batch-size", "0"], 2, "batch_size must be > 0"),
     (["--doc-stride", "128", "--max-seq-length", "128"], 2, "doc_stride (128) must be <"),
     (["--precision", "fp8"], 2, "precision must be one of"),
+    # found at start, not after training (inf, 1e309 and nan all parse as floats)
+    (["--null-threshold", "inf"], 2, "null_threshold must be a finite number (got 'inf')"),
+    (["--null-threshold", "1e309"], 2, "null_threshold must be a finite number"),
+    (["--learning-rate", "nan"], 2, "learning_rate must be a finite number (got nan)"),
+    (["--epochs", "1e309"], 2, "epochs must be a finite number (got inf)"),
     (["--model", "no-such-org/no-such-model"], 6, "pass a local save_pretrained directory"),
     # the tiny model has 512 positions: caught before any data is pulled, not at the first
     # long batch hours into training
@@ -166,19 +171,75 @@ def test_train_writes_the_run_directory(settings: dict) -> None:
 
 
 
-def test_a_resume_of_a_finished_run_says_it_trained_nothing(
-    settings: dict, capsys: pytest.CaptureFixture[str]
+def test_a_finished_run_started_again_says_so_and_does_nothing(
+    settings: dict, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The second run only redoes final/: it reports no throughput rather than "0 tokens/s"."""
-    cfg = Config(**{**settings, "max_steps": 2})
-    training.train(cfg)
-    first = capsys.readouterr().out
-    assert "tokens/s;" in first and "no step left" not in first
+    """`squadft demo` twice: the second run says at once that the run is finished and how to
+    start again; it loads no model, prepares no data and rewrites nothing. A run stopped after
+    final/ was saved (a preemption during the evaluation) is not finished: the requeue trains
+    nothing and evaluates; other settings continue the run from its checkpoint."""
+    import shutil
+
+    from squadft.errors import Preempted
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = Config(**{**settings, "model": str(model), "max_steps": 2, "do_eval": True})
+    out, cache = Path(cfg.output_dir), Path(cfg.cache_dir)
+
+    def preempted(*args, **kwargs):
+        raise Preempted("stopped by SIGTERM during the final evaluation")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "evaluate_dev", preempted)
+        with pytest.raises(Preempted):
+            training.train(cfg)
+    assert (out / "final" / "manifest.json").is_file()
+    assert not (out / "eval_results.json").exists()
+    capsys.readouterr()
+    first = training.train(cfg)
+    said = capsys.readouterr()
+    assert first.steps == 2 and first.tokens_per_second == 0.0
+    assert "training is already complete at step 2" in said.err
+    # the held-out evaluation of step 2 is in checkpoint-2: its calibration is reused, not
+    # computed again; the dev evaluation draws its bar on stderr, as training does
+    assert "calibrate: " not in said.err and "evaluate: 100%" in said.err
+    assert "calibration: null threshold" in said.out
+    assert "100%" not in said.out
+    assert "no step left to train in this process" in said.out and "tokens/s;" not in said.out
+    assert (out / "eval_results.json").is_file()
+    size = sum(f.stat().st_size for f in (out / "checkpoint-2").iterdir()) / 1e6
+    assert said.out.splitlines()[-1] == (
+        f"squadft: finished: model in {out / 'final'}; {out / 'checkpoint-2'} ({size:,.0f} MB) "
+        "is kept only to train further (with the optimizer state): delete it if you will not")
+
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    model.rename(tmp_path / "moved-model")  # a run that loaded the model or tokenizer fails
+    cache.rename(tmp_path / "moved-cache")
     again = training.train(cfg)
-    second = "".join(capsys.readouterr())
-    assert again.steps == 2 and again.tokens_per_second == 0.0
-    assert "training is already complete at step 2" in second
-    assert "no step left to train in this process" in second and "tokens/s;" not in second
+    said = capsys.readouterr()
+    assert again == first
+    assert said.out.splitlines() == [
+        f"squadft: {out} holds this run, finished: final/ at step 2, evaluated "
+        "(eval_results.json); nothing is trained or evaluated again. To start over, delete "
+        f"{out} or pass another --output-dir; to train longer, raise --epochs or --max-steps "
+        "(it continues from checkpoint-2)."]
+    assert said.err == "" and not cache.exists()
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == files
+    (tmp_path / "moved-model").rename(model)
+    (tmp_path / "moved-cache").rename(cache)
+
+    # other settings: not this run; it continues (and is then finished with those settings)
+    longer = training.train(cfg.replace(max_steps=3))
+    assert longer.steps == 3 and longer.resumed_from == str(out / "checkpoint-2")
+    assert "nothing is trained" not in capsys.readouterr().out
+    # without its checkpoints (deleted to save space) the run is still finished, not redone
+    for checkpoint in out.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    assert training.train(cfg.replace(max_steps=3)) == longer
+    said = capsys.readouterr().out
+    assert "nothing is trained" in said and "to train longer" not in said
 
 
 def _corrupted_dev(dev_json: dict, directory: Path) -> tuple[Path, str]:
@@ -246,8 +307,11 @@ def test_train_calibrates_on_held_out_articles_and_evaluate_reproduces_it(
             (run_dir / name).read_text()), name
     reproduced = json.loads((tmp_path / "ev" / "eval_results.json").read_text())
     timing = {"inference_seconds", "postprocess_seconds"}
+    # how training chose its weights is the run's to say, not the evaluation's
+    selection = results["selection"]
+    assert selection["chosen_step"] == selection["last_step"] and "selection" not in reproduced
     assert {k: v for k, v in reproduced.items() if k not in timing} == {
-        k: v for k, v in results.items() if k not in timing}
+        k: v for k, v in results.items() if k not in timing | {"selection"}}
     # flags still override the model's settings
     other = CliRunner().invoke(app, ["evaluate", "--model", str(run_dir / "final"), "--data",
                                      f"{dev_path}[11:]", "--output-dir", str(tmp_path / "ev2"),
@@ -351,3 +415,162 @@ def test_leftovers_of_killed_processes_are_removed_at_the_next_start(
         assert name in result.output and "left by an interrupted squadft process" in \
             result.output
     assert not [p for p in [*out.iterdir(), *features.iterdir()] if p.name.startswith(".")]
+
+
+def _source_with(sample_dir: Path, directory: Path, **files: dict) -> Path:
+    """A --source folder: the bundled samples (linked) and `files` (name -> SQuAD JSON)."""
+    directory.mkdir()
+    for sample in ("train-v2.0-first10.json.gz", "dev-v2.0-first12.json.gz"):
+        (directory / sample).symlink_to(sample_dir / sample)
+    for name, data in files.items():
+        (directory / name).write_text(json.dumps(data))
+    return directory
+
+
+def _renamed(article: dict, prefix: str, paragraphs: slice = slice(None)) -> dict:
+    """A copy of an article whose questions have new ids (the same paragraphs)."""
+    copy_ = copy.deepcopy(article)
+    copy_["paragraphs"] = copy_["paragraphs"][paragraphs]
+    for paragraph in copy_["paragraphs"]:
+        for qa in paragraph["qas"]:
+            qa["id"] = prefix + qa["id"]
+    return copy_
+
+
+def test_calibrating_on_the_scored_questions_is_refused_before_training(
+    settings: dict, sample_dir: Path, dev_json: dict, tmp_path: Path
+) -> None:
+    from tests.train.common import run, squadft_command
+
+    dev = "dev-v2.0-first12.json.gz"
+    flags = {**settings, "dev_file": f"{dev}[10:]", "calibration_file": f"{dev}[11:]",
+             "max_eval_samples": None, "do_eval": True, "max_steps": 2}
+    done = run(squadft_command(flags))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert (f"384 of the 384 calibration questions (calibration file {dev}[11:]) share an id "
+            f"or a paragraph with the dev questions ({dev}[10:])") in done.stderr
+    # found while choosing the questions: nothing tokenized, no model, no training
+    assert " windows" not in done.stdout and not (Path(flags["output_dir"]) / "final").exists()
+    assert not list((Path(flags["cache_dir"]) / "features").glob("*"))
+    # the same paragraphs under other question ids are not held out either
+    source = _source_with(sample_dir, tmp_path / "source",
+                          **{"renamed.json": {"version": "v2.0", "data": [
+                              _renamed(dev_json["data"][11], "copy-")]}})
+    cfg = Config(**{**flags, "source": source.as_uri(), "calibration_file": "renamed.json"})
+    with pytest.raises(ConfigError, match="384 of the 384 calibration questions"):
+        preparation.prepare(cfg, verbose=False)
+    # the default holdout of training articles is fine with the same dev file
+    fine = preparation.prepare(cfg.replace(calibration_file=None), verbose=False)
+    assert fine.calibration is not None and fine.calibration.overlap_with_train == 0
+
+
+def test_calibrating_on_trained_questions_warns_and_is_recorded(
+    settings: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trained = "train-v2.0-first10.json.gz[5:6]"
+    cfg = Config(**{**settings, "train_file": trained, "calibration_file": trained,
+                    "max_train_samples": None, "max_calibration_samples": 40,
+                    "dev_file": "dev-v2.0-first12.json.gz[11:]", "do_eval": True,
+                    "max_steps": 2})
+    training.train(cfg)
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if "share an id or a paragraph" in line]
+    assert warnings == [
+        f"squadft: warning: 40 of the 40 calibration questions (calibration file {trained}, "
+        "a seeded sample of 40 questions) share an id or a paragraph with the training "
+        "questions: the threshold is tuned on questions the model trained on"]
+    run_dir = Path(cfg.output_dir)
+    results = json.loads((run_dir / "eval_results.json").read_text())
+    assert results["calibration_overlap_with_train"] == 40
+    assert results["null_threshold_kind"] == "calibrated"
+    assert "held-out" not in results["null_threshold_source"]
+    assert "40 of them share an id or a paragraph with the training data" in \
+        results["null_threshold_source"]
+    saved = json.loads((run_dir / "final" / "squadft_inference.json").read_text())
+    assert saved["calibration"]["overlap_with_train"] == 40
+    assert "held-out" not in out
+
+
+def test_the_default_holdout_is_held_out_and_has_both_kinds(
+    settings: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seed 42 used to hold out article 7 of the bundled train file (no unanswerable
+    questions) and report the threshold tuned there as calibrated."""
+    cfg = Config(**{**settings, "max_steps": 2, "do_eval": True})
+    training.train(cfg)
+    out, err = capsys.readouterr()
+    run_dir = Path(cfg.output_dir)
+    calibration = json.loads(
+        (run_dir / "final" / "squadft_inference.json").read_text())["calibration"]
+    assert 0 < calibration["unanswerable"] < calibration["questions"]
+    assert calibration["overlap_with_train"] == 0
+    assert json.loads((run_dir / "eval_results.json").read_text())[
+        "calibration_overlap_with_train"] == 0
+    assert "share an id or a paragraph" not in err and "(0 unanswerable" not in out
+    for seed in range(6):
+        data = preparation.prepare(cfg.replace(seed=seed, max_train_samples=None),
+                                   splits=("train",), verbose=False)
+        held, train = data.calibration.examples, data.train.examples
+        assert {e.is_impossible for e in held} == {True, False}
+        assert not _ids(held) & _ids(train)
+        assert not {e.context for e in held} & {e.context for e in train}
+        assert data.calibration.overlap_with_train == 0
+
+
+def test_the_default_holdout_leaves_out_paragraphs_shared_with_other_articles(
+    settings: dict, sample_dir: Path, dev_json: dict, tmp_path: Path,
+) -> None:
+    # article 2 repeats the first paragraph of article 0 under other question ids
+    articles = [dev_json["data"][0], dev_json["data"][4],
+                _renamed(dev_json["data"][0], "copy-", slice(0, 1))]
+    shared = sum(len(p["qas"]) for p in articles[2]["paragraphs"])
+    source = _source_with(sample_dir, tmp_path / "source",
+                          **{"shared.json": {"version": "v2.0", "data": articles}})
+    cfg = Config(**{**settings, "source": source.as_uri(), "train_file": "shared.json",
+                    "calibration_fraction": 0.34, "max_train_samples": None})
+    held_articles = set()
+    for seed in range(6):
+        data = preparation.prepare(cfg.replace(seed=seed), splits=("train",), verbose=False)
+        held, train = data.calibration.examples, data.train.examples
+        held_articles |= {e.article for e in held}
+        assert not {e.context for e in held} & {e.context for e in train}
+        assert data.calibration.overlap_with_train == 0
+        left_out = shared if {e.article for e in held} & {0, 2} else 0
+        assert len(held) + len(train) == 208 + 255 + shared - left_out
+    assert held_articles & {0, 2}  # the shared paragraph was held out at least once
+
+
+def test_no_calibration_says_why(
+    settings: dict, sample_dir: Path, train_json: dict, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    answerable_only, mixed = train_json["data"][0], copy.deepcopy(train_json["data"][4])
+    for paragraph in mixed["paragraphs"]:
+        paragraph["qas"] = [qa for qa in paragraph["qas"] if qa.get("is_impossible")]
+    source = _source_with(sample_dir, tmp_path / "source", **{
+        "pure.json": {"version": "v2.0", "data": [answerable_only, mixed]}})
+    cfg = Config(**{**settings, "source": source.as_uri(), "max_train_samples": None})
+    train = "train-v2.0-first10.json.gz"
+    for changes, questions, reason in [
+        ({"train_file": "dev-v2.0-first12.json.gz[3:4]"}, 444,
+         "each training file has a single article, and only whole articles are held out"),
+        ({"train_file": f"{train}[:4]"}, 2068, "the training data has no unanswerable questions"),
+        ({"train_file": "pure.json"}, 753 + 160,
+         "no choice of whole training articles has both answerable and unanswerable "
+         "questions and leaves each file an article to train on"),
+        ({"train_file": f"{train}[4:6]", "calibration_file": f"{train}[:1]"}, 836,
+         f"calibration file {train}[:1] has no unanswerable questions (of its 753)"),
+    ]:
+        data = preparation.prepare(cfg.replace(**changes), splits=("train",))
+        out = capsys.readouterr().out
+        assert data.calibration is None and len(data.train.examples) == questions, changes
+        assert f"no calibration set ({reason}" in out, out
+        if changes["train_file"] != f"{train}[:4]":  # the one where it is true
+            assert "the training data has no unanswerable questions" not in out
+    # a sample too small for both kinds: said, and the default threshold
+    data = preparation.prepare(cfg.replace(train_file=f"{train}[4:6]",
+                                           max_calibration_samples=1), splits=("train",))
+    assert data.calibration is None
+    assert "a seeded sample of 1 questions has no unanswerable questions (of its 1)" in \
+        capsys.readouterr().out

@@ -4,15 +4,18 @@ evaluated yet, the threshold table's place on the page."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from squadft.cli import app
+from squadft.report.figures import threshold_marks
 from squadft.report.page import DEFAULT_ERRORS, render_html, write_report
 from squadft.report.runs import (
     load_runs,
 )
 from squadft.report.tables import (
     SPREAD_COUNT,
+    worst_errors,
 )
 from typer.testing import CliRunner
 
@@ -97,3 +100,61 @@ def test_threshold_table_label_is_escaped(tmp_path: Path, source_dir: Path) -> N
     assert page.count('<table class="thresholds">') == 2
     assert "F1 at other no-answer thresholds: &lt;b&gt;&amp;run</h3>" in page
     assert "<b>&run" not in page
+
+
+def _caption(page: str, fig_id: str) -> str:
+    return page.split(f'<figure id="fig-{fig_id}">', 1)[1].split("<figcaption>", 1)[1].split(
+        "</figcaption>", 1)[0]
+
+
+def test_the_threshold_caption_names_only_the_markers_drawn(tmp_path: Path,
+                                                            evaluated_run: Path,
+                                                            evaluated_report: str) -> None:
+    evaluation = load_runs([evaluated_run])[0].evaluation
+    assert set(threshold_marks(evaluation)) == {"in effect", "oracle"}  # no triangle drawn
+    caption = _caption(evaluated_report, "threshold")
+    assert "Dot: the threshold in effect" in caption and "Star: the official oracle" in caption
+    assert "riangle" not in caption
+    # an oracle that answers nothing lies below the curve's maximum: the triangle is drawn
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    results = json.loads((run / "eval_results.json").read_text())
+    results.update(best_f1_thresh=0.0, best_f1=results["always_no_answer_f1"])
+    (run / "eval_results.json").write_text(json.dumps(results))
+    assert "maximum" in threshold_marks(load_runs([run])[0].evaluation)
+    assert "Triangle: the curve&#x27;s own maximum" in _caption(render_html(load_runs([run])),
+                                                          "threshold")
+
+
+def test_the_metrics_table_says_the_status_once_and_names_its_columns(
+        tmp_path: Path, evaluated_run: Path, evaluated_report: str) -> None:
+    status = load_runs([evaluated_run])[0].status
+    assert evaluated_report.count(status) == 1  # the line above the table, not a row again
+    assert "<tr><th>status</th>" not in evaluated_report
+    assert '<table class="metrics"><tr><th>metric</th><th>value</th></tr>' in evaluated_report
+    assert '<table class="settings"><tr><th>setting</th><th>value</th></tr>' in \
+        evaluated_report
+    assert "<th></th>" not in evaluated_report
+
+
+def _errors_tables(page: str) -> list[str]:
+    return [table.split("</table>", 1)[0]
+            for table in page.split('<table class="errors">')[1:]]
+
+
+def test_worst_errors_show_both_kinds_of_squad2_error(evaluated_run: Path,
+                                                      evaluated_report: str) -> None:
+    missed, answered = worst_errors(load_runs([evaluated_run])[0].evaluation, DEFAULT_ERRORS)
+    assert len(missed) == len(answered) == DEFAULT_ERRORS
+    assert all(row.gold for row in missed)  # answerable: missed or answered wrong
+    assert {row.kind for row in answered} == {"answered an unanswerable question"}
+    assert all(not row.gold and row.prediction for row in answered)
+    # the most confident first: farthest below the threshold
+    assert [row.diff for row in answered] == sorted(row.diff for row in answered)
+    assert "Answerable questions missed or answered wrong" in evaluated_report
+    assert "Unanswerable questions given an answer" in evaluated_report
+    first, second = _errors_tables(evaluated_report)
+    assert "no answer, but one was expected" in first
+    assert "answered an unanswerable question" not in first
+    assert second.count("<tr>") == 1 + DEFAULT_ERRORS
+    assert second.count("answered an unanswerable question") == DEFAULT_ERRORS

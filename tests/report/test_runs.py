@@ -3,10 +3,15 @@ behind the figures and tables, F1 by question word and by answer length."""
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from squadft.evaluate.gold import load_gold
@@ -167,3 +172,108 @@ def test_question_words_and_answer_lengths() -> None:
                               {"a": "what", "b": "what", "c": "why"}, QUESTION_WORDS)
     assert counts.labels == ("what", "why")
     assert counts.f1 == {"what": 75.0, "why": 0.0} and counts.count == {"what": 2, "why": 1}
+
+
+def _edit_json(path: Path, change: Any) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+# (a fault in one run file, the note it gets on the page)
+BROKEN_FILES = {
+    "train_results.json is a list": (
+        lambda run: (run / "train_results.json").write_text("[1, 2]"),
+        "train_results.json: a JSON list where an object belongs; left out"),
+    "squadft_config.json is a list": (
+        lambda run: (run / "squadft_config.json").write_text('["dev_file"]'),
+        "squadft_config.json: a JSON list where an object belongs; left out"),
+    "squadft_inference.json is a list": (
+        lambda run: (run / "final" / "squadft_inference.json").write_text("[{}]"),
+        "final/squadft_inference.json: a JSON list where an object belongs; left out"),
+    "calibration scores are a list": (
+        lambda run: _edit_json(run / "final" / "squadft_inference.json",
+                               lambda d: d["calibration"].update(scores=[61.0, 64.5])),
+        "final/squadft_inference.json: its calibration scores are a JSON list where an "
+        "object belongs; left out"),
+    "calibration is a list": (
+        lambda run: _edit_json(run / "final" / "squadft_inference.json",
+                               lambda d: d.update(calibration=[0.37])),
+        "final/squadft_inference.json: its calibration is a JSON list where an object "
+        "belongs; left out"),
+    "eval_results.json is a list": (
+        lambda run: (run / "eval_results.json").write_text("[]"),
+        "eval_results.json: a JSON list where an object belongs; left out"),
+    "a NaN step in metrics.jsonl": (
+        lambda run: open(run / "metrics.jsonl", "a").write('{"step": NaN, "loss": 1.0}\n'),
+        "1 unreadable line(s) of metrics.jsonl left out (first: line 22)"),
+    "an infinite step in metrics.jsonl": (
+        lambda run: open(run / "metrics.jsonl", "a").write('{"step": Infinity, "loss": 1}\n'),
+        "1 unreadable line(s) of metrics.jsonl left out (first: line 22)"),
+    "a NaN best_f1_thresh": (
+        lambda run: _edit_json(run / "eval_results.json",
+                               lambda d: d.update(best_f1_thresh=math.nan)),
+        "eval_results.json: best_f1_thresh is nan, not a probability from 0 to 1; no oracle "
+        "threshold"),
+    "a NaN null_threshold": (
+        lambda run: _edit_json(run / "eval_results.json",
+                               lambda d: d.update(null_threshold="nan")),
+        "eval_results.json: null_threshold is 'nan', not a number; no threshold in effect"),
+}
+
+
+@pytest.mark.parametrize("fault", list(BROKEN_FILES))
+def test_a_structurally_wrong_run_file_becomes_a_note(fault: str, tmp_path: Path,
+                                                      evaluated_run: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    (run / "report.html").unlink(missing_ok=True)
+    damage, note = BROKEN_FILES[fault]
+    damage(run)
+    path, runs = write_report([run])
+    page = path.read_text(encoding="utf-8")
+    assert note in runs[0].notes
+    assert f'<div class="note">{html.escape(note)}</div>' in page
+    # the rest of the page is still drawn
+    assert set(TRAINING_FIGURES) <= set(figure_uris(page))
+    assert '<h2 id="metrics">' in page and "</body></html>" in page
+
+
+def test_a_report_on_broken_run_files_exits_0_with_notes(tmp_path: Path,
+                                                         evaluated_run: Path) -> None:
+    """Six of the faults in one run, in a real `squadft report` process."""
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    together = ("train_results.json is a list", "squadft_config.json is a list",
+                "calibration scores are a list", "a NaN best_f1_thresh",
+                "a NaN step in metrics.jsonl", "an infinite step in metrics.jsonl")
+    for fault in together:
+        BROKEN_FILES[fault][0](run)
+    out = tmp_path / "report.html"
+    proc = subprocess.run([sys.executable, "-m", "squadft", "report", str(run), "--output",
+                           str(out)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+    page = out.read_text(encoding="utf-8")
+    notes = [BROKEN_FILES[fault][1] for fault in together[:4]]
+    notes.append("2 unreadable line(s) of metrics.jsonl left out (first: line 22)")
+    for note in notes:
+        assert f"squadft: run: {note}" in proc.stderr.splitlines()
+        assert f'<div class="note">{html.escape(note)}</div>' in page
+
+
+def test_held_out_lines_are_their_own_series_and_keep_the_training_record(tmp_path: Path):
+    from squadft.report.runs import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5},
+             {"step": 2, "heldout": {"f1": 41.0, "always_no_answer_f1": 50.0}},
+             {"step": 3, "loss": 2.0}, {"step": 3, "heldout": {"f1": 44.0}},
+             {"step": 3, "eval": {"f1": 40.0}}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    log = read_metrics(path)
+    steps, losses = log.series("loss")
+    assert list(steps) == [1, 2, 3] and list(losses) == [3.0, 2.5, 2.0]
+    steps, f1 = log.held_out_series("f1")
+    assert list(steps) == [2, 3] and list(f1) == [41.0, 44.0]
+    assert len(log.evals) == 1 and not log.bad_lines

@@ -158,7 +158,7 @@ def test_cli_refuses_a_requested_gpu_it_cannot_use(tiny_model_dir: Path) -> None
     allowed = subprocess.run(command + ["--device", "cpu"], env=env, capture_output=True,
                              text=True, timeout=300)
     assert allowed.returncode == 0, allowed.stderr
-    assert json.loads(allowed.stdout.splitlines()[0])["id"] == "question"
+    assert json.loads(allowed.stdout.splitlines()[0])["best_span"] in "Ada wrote it."
 
 
 # --- data preparation in turn, on gloo with its own timeout ----------------------------------

@@ -84,7 +84,8 @@ def read_metrics(output_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if "eval" not in r]  # training steps only, not the eval line
+    # training steps only, not the eval line or the held-out evaluations
+    return [r for r in records if "eval" not in r and "heldout" not in r]
 
 
 def step_losses(output_dir: Path) -> dict[int, float]:

@@ -30,9 +30,11 @@ def main() -> int:
     data = preparation.prepare(cfg, tokenizer, splits=("train",), verbose=False)
     seed_everything(cfg.seed)
     model = load_model(cfg.model)
+    poison_one_forward(model, ctx.rank, os.environ.get("DDP_WORKER_NAN_AT"))
     code = 0
     try:
-        outcome = {"steps": train_model(cfg, model, tokenizer, data.train.features, ctx).steps}
+        result = train_model(cfg, model, tokenizer, data.train.features, ctx)
+        outcome = {"steps": result.steps, "skipped_steps": result.skipped_steps}
     except Preempted as exc:
         outcome, code = {"preempted": str(exc)}, EXIT_PREEMPTED
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
@@ -40,6 +42,22 @@ def main() -> int:
     (dump / f"outcome-{ctx.rank}.json").write_text(json.dumps(outcome))
     cleanup(ctx)
     return code
+
+
+def poison_one_forward(model: object, rank: int, where: str | None) -> None:
+    """DDP_WORKER_NAN_AT=RANK:CALL: on that rank only, forward call CALL (from 1) returns NaN
+    start logits (a NaN loss on one rank, finite on the others)."""
+    if not where or int(where.split(":")[0]) != rank:
+        return
+    call, count = int(where.split(":")[1]), [0]
+
+    def hook(module: object, args: object, output: object) -> object:
+        count[0] += 1
+        if count[0] == call:
+            output.start_logits = output.start_logits * float("nan")
+        return output
+
+    model.register_forward_hook(hook)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,7 @@ def test_resume_skips_incomplete_and_corrupt_checkpoints(
     reference_losses = step_losses(out)
     reference = load_weights(out / "final")
     (out / "checkpoint-6" / "manifest.json").unlink()  # as if killed while writing it
+    (out / "finished.json").unlink()  # (so the run never finished)
     optimizer = out / "checkpoint-4" / "optimizer.pt"
     optimizer.write_bytes(optimizer.read_bytes()[:-10])  # truncated by a full disk
     capsys.readouterr()
@@ -323,3 +324,168 @@ def test_a_signal_during_the_last_upload_lets_it_finish(phase: str) -> None:
         # then it stops, as the signal asked, saying what is saved
         assert "preempted: stopped by SIGTERM during the upload of final/" in done.stdout
         assert "checkpoint-5 is complete" in done.stdout
+
+
+# --- non-finite steps: skipped and counted, too many in a row stop the run -------------------
+
+
+def poison_logits(model: torch.nn.Module, calls: set[int]) -> None:
+    """Fault injection: the forward calls numbered in `calls` (from 1) return NaN start logits,
+    so that their loss and, through backward, their gradients are NaN, as in a diverged run."""
+    count = [0]
+
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        count[0] += 1
+        if count[0] in calls:
+            output.start_logits = output.start_logits * math.nan
+        return output
+
+    model.register_forward_hook(hook)
+
+
+def _trainer(cfg: Config, bad_calls: set[int]) -> tuple[Any, Any]:
+    from squadft.modeling import load_model, load_tokenizer
+    from squadft.train.loop import Trainer, batches_from
+    from squadft.train.tracking import MetricsLogger
+
+    features = preparation.prepare(cfg, splits=("train",), verbose=False).train.features
+    model = load_model(cfg.model)
+    poison_logits(model, bad_calls)
+    trainer = Trainer(cfg, model, load_tokenizer(cfg.model), features,
+                      setup_distributed({}, device="cpu"),
+                      metrics=MetricsLogger(cfg, enabled=False))
+    model.train()
+    return trainer, batches_from(trainer.loader, trainer.sampler, 0, 0)
+
+
+def _snapshot(trainer: Any) -> tuple[dict, dict]:
+    weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    moments = {(i, key): value.detach().clone()
+               for i, state in trainer.optimizer.state.items() for key, value in state.items()}
+    return weights, moments
+
+
+@pytest.mark.parametrize("optimizer", ["fused", "unfused", "fp16-scaler"])
+def test_a_step_with_a_non_finite_loss_changes_nothing_and_is_counted(
+    tiny_settings: Any, optimizer: str
+) -> None:
+    from squadft.errors import TrainingDiverged
+
+    cfg = Config(**tiny_settings(max_steps=20, max_skipped_steps=3))
+    trainer, data = _trainer(cfg, bad_calls={2, 4, 5, 7, 8, 9})
+    if optimizer == "unfused":  # as resumed from a checkpoint saved without fused AdamW
+        for group in trainer.optimizer.param_groups:
+            group["fused"] = None
+    if optimizer == "fp16-scaler":  # the fp16 path's GradScaler, on the CPU
+        trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    losses = []
+
+    def step() -> None:
+        trainer.train_step(data)
+        losses.append(float(trainer.step_loss))
+
+    step()  # 1: a normal step
+    before = _snapshot(trainer)
+    step()  # 2: NaN loss: nothing moves, not even Adam's step count or moments
+    after = _snapshot(trainer)
+    assert math.isnan(losses[-1]) and math.isnan(float(trainer.grad_norm))
+    assert max_weight_difference(before[0], after[0]) == 0
+    assert before[1].keys() == after[1].keys()
+    assert all(torch.equal(before[1][k], after[1][k]) for k in before[1])
+    step()  # 3: trains again
+    assert max_weight_difference(after[0], _snapshot(trainer)[0]) > 0
+    trainer.check_skipped()
+    assert trainer.state.skipped_steps == 1 and trainer.state.step == 3
+    trainer.log()  # the window's loss is the mean of the steps that were not skipped
+    assert trainer.state.loss_history[-1] == (3, pytest.approx((losses[0] + losses[2]) / 2))
+    for _ in range(3):
+        step()  # 4, 5 skipped: two in a row, under the limit of 3; 6 trains
+    trainer.check_skipped()
+    assert trainer.state.skipped_steps == 3
+    for _ in range(3):
+        step()  # 7, 8, 9: three in a row
+    with pytest.raises(TrainingDiverged, match="not finite for 3 optimizer steps in a row "
+                       r"\(--max-skipped-steps 3\), by step 9"):
+        trainer.check_skipped()
+    assert trainer.state.skipped_steps == 6
+    assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
+
+
+def test_an_infinite_loss_is_skipped_even_when_its_gradients_are_finite(
+    tiny_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cross-entropy's gradient does not depend on the loss's value, so an infinite loss can
+    come with finite gradients; the step is skipped all the same (and under DDP on every
+    rank, as the gradients it poisons are all-reduced)."""
+    from squadft.train import loop
+
+    real = loop.qa_loss
+    calls: list[int] = []
+
+    def infinite_once(*args: Any, **kwargs: Any) -> torch.Tensor:
+        loss = real(*args, **kwargs)
+        calls.append(1)
+        return loss + (math.inf - loss.detach()) if len(calls) == 2 else loss
+
+    monkeypatch.setattr(loop, "qa_loss", infinite_once)
+    trainer, data = _trainer(Config(**tiny_settings(max_steps=5)), bad_calls=set())
+    trainer.train_step(data)
+    before = _snapshot(trainer)
+    trainer.train_step(data)
+    assert float(trainer.step_loss) == math.inf
+    assert max_weight_difference(before[0], _snapshot(trainer)[0]) == 0
+    trainer.check_skipped()
+    assert trainer.state.skipped_steps == 1
+
+
+def test_nan_weights_are_never_saved_as_final(tiny_settings: Any) -> None:
+    """Even when no step was skipped (here the weights turn NaN right after the last update),
+    neither the last checkpoint nor final/ is written from them."""
+    from squadft.errors import TrainingDiverged
+    from squadft.runtime.preemption import PreemptionWatcher
+
+    cfg = Config(**tiny_settings(max_steps=3))
+    trainer, _ = _trainer(cfg, bad_calls=set())
+    steps: list[int] = []
+
+    def corrupt(optimizer: Any, args: Any, kwargs: Any) -> None:
+        steps.append(1)
+        if len(steps) == 3:
+            trainer.model.qa_outputs.weight.data.fill_(math.nan)
+
+    trainer.optimizer.register_step_post_hook(corrupt)
+    trainer.resume()
+    with PreemptionWatcher() as watcher, pytest.raises(
+            TrainingDiverged, match="the weights are not finite at step 3; no checkpoint and no "
+                                    "final/ written"):
+        trainer.train(watcher)
+    assert trainer.state.skipped_steps == 0
+    out = Path(cfg.output_dir)
+    assert not (out / "final").exists() and not list(out.glob("checkpoint-*"))
+
+
+def test_an_absurd_learning_rate_exits_8_and_writes_no_final(tiny_settings: Any) -> None:
+    """`squadft train --learning-rate 1e12`: NaN from the second step on. Every such step is
+    skipped; the tenth in a row stops the run with exit 8 and one line, before final/."""
+    from safetensors.torch import load_file
+    from squadft.errors import EXIT_DIVERGED
+
+    from tests.train.common import run, squadft_command
+
+    settings = tiny_settings(max_steps=40, learning_rate=1e12, save_steps=5)
+    done = run(squadft_command(settings))
+    assert done.returncode == EXIT_DIVERGED == 8, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert errors == ["squadft: error: training diverged: the loss or gradient norm was not "
+                      "finite for 10 optimizer steps in a row (--max-skipped-steps 10), by step "
+                      "11; those updates were skipped and final/ was not written; lower "
+                      "--learning-rate (now 1e+12)"]
+    out = Path(settings["output_dir"])
+    assert not (out / "final").exists() and not (out / "train_results.json").exists()
+    records = read_metrics(out)
+    assert [r.get("skipped_steps", 0) for r in records] == [0, *range(1, 10)]
+    assert records[0]["loss"] > 0 and all(math.isnan(r["loss"]) for r in records[1:])
+    for checkpoint in out.glob("checkpoint-*"):  # 5 and 10: written from finite weights
+        assert verify_manifest(checkpoint)
+        weights = load_file(checkpoint / "model.safetensors")
+        assert all(torch.isfinite(v).all() for v in weights.values()), checkpoint.name

@@ -83,6 +83,29 @@ def test_two_process_ddp_matches_one_process(tiny_settings: Any, tmp_path: Path,
         "rng_state_0.pt", "rng_state_1.pt"]
 
 
+def test_a_nan_loss_on_one_rank_skips_the_step_on_every_rank(tiny_settings: Any,
+                                                           tmp_path: Path) -> None:
+    """Rank 1's loss is NaN at step 3, rank 0's is finite: both ranks skip that update (the
+    decision is taken on the all-reduced gradient norm), so the replicas stay identical."""
+    settings = tiny_settings("nan-ddp", max_steps=6, batch_size=4, logging_steps=3)
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    done = run([*TORCHRUN, "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "tests/train/ddp_worker.py",
+                json.dumps(settings), str(dump)],
+               env=subprocess_env(**GLOO_ENV, DDP_WORKER_NAN_AT="1:3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcomes = [json.loads((dump / f"outcome-{r}.json").read_text()) for r in (0, 1)]
+    assert outcomes == [{"steps": 6, "skipped_steps": 1}] * 2
+    assert max_weight_difference(load_file(dump / "rank-0.safetensors"),
+                                 load_file(dump / "rank-1.safetensors")) == 0
+    out = Path(settings["output_dir"])
+    assert [(r["step"], r["skipped_steps"]) for r in read_metrics(out)] == [(3, 1), (6, 1)]
+    assert all(r["loss"] > 0 for r in read_metrics(out))  # the mean of the updated steps
+    assert json.loads((out / "train_results.json").read_text())["skipped_steps"] == 1
+    assert verify_manifest(out / "final")
+
+
 def test_two_torchrun_nodes_with_c10d_rendezvous(tiny_settings: Any, tmp_path: Path,
                                                   reference: Path) -> None:
     settings = tiny_settings("nodes", **{**REFERENCE, "batch_size": 4})

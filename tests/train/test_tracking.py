@@ -17,7 +17,7 @@ import pytest
 from squadft.config import Config, report_targets
 from squadft.errors import ConfigError
 from squadft.flows import training
-from squadft.train.tracking import TRACKING_FILE, MetricsLogger, wandb_history
+from squadft.train.tracking import TRACKING_FILE, JsonlFile, MetricsLogger, wandb_history
 
 from tests.train.common import read_metrics, run_settings
 
@@ -97,7 +97,9 @@ def test_metrics_jsonl_keeps_its_format(resumed_run: dict[str, Any]) -> None:
     out = resumed_run["out"]
     assert [m["step"] for m in resumed_run["first"]["metrics"]] == list(range(1, STEPS + 1))
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in lines] == list(range(1, STEPS + 1)) + [STEPS]
+    # every step, the held-out evaluation after the last one, the dev evaluation
+    assert [m["step"] for m in lines] == list(range(1, STEPS + 1)) + [STEPS, STEPS]
+    assert "heldout" in lines[-2] and "eval" in lines[-1]
     assert set(lines[0]) == {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s",
                              "samples_per_s"}
     assert set(lines[-1]) == {"step", "eval"} and "f1" in lines[-1]["eval"]
@@ -241,6 +243,82 @@ def test_run_ids_travel_with_the_checkpoints(resumed_run: dict[str, Any]) -> Non
                                .read_text())
     assert trainer_state["trackers"] == {"mlflow": state["mlflow"]["run_id"],
                                          "wandb": state["wandb"]["run_id"]}
+
+
+# --- a torn metrics.jsonl ---------------------------------------------------------------------
+
+TORN = '{"step": 13, "epoch": 1.44, "lo'  # what a node crash or a full disk leaves
+
+
+def test_restart_drops_only_the_torn_line_and_leaves_a_valid_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": step, "loss": 1.0 / step}) for step in (1, 2, 3)]
+    path.write_text("\n".join(lines) + "\n" + TORN)
+    JsonlFile(path).restart(2)
+    assert path.read_text() == lines[0] + "\n" + lines[1] + "\n"
+    assert capsys.readouterr().err == (
+        f"squadft: warning: {path}: dropped 1 unreadable line (line 4, torn by a crash or a "
+        "full disk?); the resume goes on without it\n")
+    JsonlFile(path).restart(2)  # nothing left to drop: nothing said
+    assert capsys.readouterr().err == ""
+    # zeros a crashed filesystem left mid-file, a JSON list, and the torn tail
+    path.write_text(lines[0] + "\n\0\0\0\n[1, 2]\n" + lines[1] + "\n" + TORN)
+    JsonlFile(path).restart(2)
+    assert path.read_text() == lines[0] + "\n" + lines[1] + "\n"
+    assert capsys.readouterr().err == (
+        f"squadft: warning: {path}: dropped 3 unreadable lines (first: line 2, torn by a crash "
+        "or a full disk?); the resume goes on without them\n")
+
+
+def test_a_torn_last_metrics_line_does_not_stop_the_resume(tiny_settings: Any) -> None:
+    """The run dies right after checkpoint-2 with a half-written line; `squadft train` then
+    resumes from checkpoint-2, warns once and leaves every line of metrics.jsonl valid."""
+    from tests.train.common import run, squadft_command
+
+    settings = tiny_settings(max_steps=3, save_steps=2, save_total_limit=0, report_to="none")
+    with pytest.raises(Crash):
+        training.train(Config(**settings), on_checkpoint=crash_at(2))
+    out = Path(settings["output_dir"])
+    with open(out / "metrics.jsonl", "a") as handle:
+        handle.write(TORN)
+    resumed = run(squadft_command(settings))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and "checkpoint-2" in resumed.stderr
+    assert [line for line in resumed.stderr.splitlines() if "unreadable line" in line] == [
+        f"squadft: warning: {out / 'metrics.jsonl'}: dropped 1 unreadable line (line 3, torn "
+        "by a crash or a full disk?); the resume goes on without it"]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "heldout" not in line] == [1, 2, 3]
+
+
+# --- an unwritable TensorBoard directory ------------------------------------------------------
+
+@pytest.mark.parametrize("blocker", ["a file", "a link to a directory in /sys"])
+def test_an_unwritable_tensorboard_directory_is_exit_5_before_any_work(
+    blocker: str, tmp_path: Path, sample_dir: Path, tiny_model_dir: Path
+) -> None:
+    """<output_dir>/tensorboard cannot be a directory (a file is in the way), or cannot be
+    written even by root (sysfs refuses new files): one line naming it, exit 5, no thread
+    traceback, and nothing downloaded or trained first."""
+    from tests.train.common import run, squadft_command
+
+    out = tmp_path / "out"
+    out.mkdir()
+    if blocker == "a file":
+        (out / "tensorboard").write_text("")
+    else:
+        (out / "tensorboard").symlink_to("/sys/kernel")  # EACCES to root too
+    settings = run_settings(sample_dir, tiny_model_dir, tmp_path / "cache",
+                            output_dir=str(out), max_steps=2, report_to="tensorboard")
+    result = run(squadft_command(settings))
+    assert result.returncode == 5, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("squadft: error: ") \
+        and str(out / "tensorboard") in lines[0], result.stderr
+    assert result.stdout == "" and not (tmp_path / "cache").exists()
+    assert not (out / "metrics.jsonl").exists()
 
 
 # --- --report-to ------------------------------------------------------------------------------

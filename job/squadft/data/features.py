@@ -30,6 +30,7 @@ import os
 import shutil
 import weakref
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -45,6 +46,7 @@ from squadft.io import (
     describe_os_error,
     fsync_dir,
     make_temp_dir,
+    removed_on_failure,
     replace_directory,
     sha256_file,
 )
@@ -90,15 +92,13 @@ class Features:
         """The given windows, in the given order, re-packed into new contiguous arrays."""
         indices = np.asarray(indices, dtype=np.int64)
         lengths = np.diff(self.row_splits)[indices]
-        row_splits = np.zeros(len(indices) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=row_splits[1:])
         token_index = _concatenated_ranges(self.row_splits[indices], lengths)
         return Features(
             input_ids=np.asarray(self.input_ids[token_index]),
             token_type_ids=None if self.token_type_ids is None
             else np.asarray(self.token_type_ids[token_index]),
             offsets=np.asarray(self.offsets[token_index]),
-            row_splits=row_splits,
+            row_splits=_row_splits(lengths),
             example_index=np.asarray(self.example_index[indices]),
             start_positions=np.asarray(self.start_positions[indices]),
             end_positions=np.asarray(self.end_positions[indices]),
@@ -130,37 +130,19 @@ class FeatureReport:
 # --- building ---------------------------------------------------------------------------------
 
 
-def build_features(
-    examples: Sequence[Example],
-    tokenizer: Any,
-    *,
-    max_seq_length: int,
-    doc_stride: int,
-    max_query_length: int,
-) -> tuple[Features, FeatureReport]:
-    """Tokenize examples into labelled sliding windows (pure: no I/O).
-
-    Each distinct context is tokenized once and its windows are cut with numpy, reproducing
-    the tokenizer's own `only_second` overflow exactly (see `pair_template`); tokenizers whose
-    pair template cannot be derived and verified go through `build_features_tokenizer_windows`.
-    """
-    template = pair_template(tokenizer)
-    return _build(examples, tokenizer, max_seq_length, doc_stride, max_query_length, template)
+def build_features(examples: Sequence[Example], tokenizer: Any, *, max_seq_length: int,
+                   doc_stride: int, max_query_length: int) -> tuple[Features, FeatureReport]:
+    """Tokenize examples into labelled sliding windows (pure: no I/O), cut with numpy where
+    `pair_template` can reproduce the tokenizer, else by `build_features_tokenizer_windows`."""
+    return _build(examples, tokenizer, max_seq_length, doc_stride, max_query_length,
+                  pair_template(tokenizer))
 
 
 def build_features_tokenizer_windows(
-    examples: Sequence[Example],
-    tokenizer: Any,
-    *,
-    max_seq_length: int,
-    doc_stride: int,
+    examples: Sequence[Example], tokenizer: Any, *, max_seq_length: int, doc_stride: int,
     max_query_length: int,
 ) -> tuple[Features, FeatureReport]:
-    """The same features, windowed by the tokenizer itself on every (question, context) pair.
-
-    Slower (SQuAD has ~7 questions per context, each pair re-tokenizes the context); the
-    fallback for unusual tokenizers and the reference the numpy windows are tested against.
-    """
+    """The same features, windowed by the tokenizer itself on every (question, context) pair."""
     return _build(examples, tokenizer, max_seq_length, doc_stride, max_query_length, None)
 
 
@@ -219,19 +201,24 @@ def _truncate_questions(questions: list[str], tokenizer: Any, limit: int) -> tup
                         return_attention_mask=False, return_token_type_ids=False)
     truncated = 0
     for i, ids in enumerate(encoded["input_ids"]):
-        if len(ids) <= limit:
-            continue
-        truncated += 1
-        offsets = encoded["offset_mapping"][i]
-        keep = limit
-        # Cutting inside a word can re-tokenize into more pieces; shorten until it fits.
-        while True:
-            text = questions[i][: offsets[keep - 1][1]]
-            if keep == 1 or len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= limit:
-                break
-            keep -= 1
-        questions[i] = text
+        if len(ids) > limit:
+            truncated += 1
+            questions[i], _ = _cut_question(
+                questions[i], encoded["offset_mapping"][i], limit,
+                lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
     return questions, truncated
+
+
+def _cut_question(question: str, offsets: Sequence[Any], limit: int,
+                  encode: Callable[[str], list[int]]) -> tuple[str, list[int]]:
+    """The question cut after its `limit`-th token, and its ids. Cutting inside a word can
+    re-tokenize into more pieces: shorten a token at a time until it fits."""
+    for keep in range(limit, 0, -1):
+        text = question[: offsets[keep - 1][1]]
+        ids = encode(text)
+        if len(ids) <= limit:
+            break
+    return text, ids
 
 
 def _build_chunk(
@@ -243,22 +230,14 @@ def _build_chunk(
     )
     report.truncated_questions += truncated
     encoded = tokenizer(
-        questions,
-        [example.context for example in examples],
-        truncation="only_second",
-        max_length=max_seq_length,
-        stride=doc_stride,
-        return_overflowing_tokens=True,
-        return_offsets_mapping=True,
-        return_token_type_ids=with_token_types,
-        return_attention_mask=False,
-        padding=False,
-    )
+        questions, [example.context for example in examples], truncation="only_second",
+        max_length=max_seq_length, stride=doc_stride, return_overflowing_tokens=True,
+        return_offsets_mapping=True, return_token_type_ids=with_token_types,
+        return_attention_mask=False, padding=False)
     ids_lists = encoded["input_ids"]
     n_windows = len(ids_lists)
     lengths = np.fromiter(map(len, ids_lists), dtype=np.int64, count=n_windows)
-    row_splits = np.zeros(n_windows + 1, dtype=np.int64)
-    np.cumsum(lengths, out=row_splits[1:])
+    row_splits = _row_splits(lengths)
     total = int(row_splits[-1])
     input_ids = np.fromiter(chain.from_iterable(ids_lists), dtype=np.int32, count=total)
     token_type_ids = None
@@ -344,19 +323,13 @@ def pair_template(tokenizer: Any) -> PairTemplate | None:
     Derived by encoding probe pairs (never hard-coded), then checked end to end: probe examples
     windowed with numpy must equal the tokenizer's own overflow windows, labels included.
     """
-    try:
-        cached = _template_cache.get(tokenizer)
-    except TypeError:  # not weak-referenceable: derive every time
-        cached = None
+    cached = _template_cache.get(tokenizer)  # (vocabulary size, template)
     if cached is not None and cached[0] == len(tokenizer):
         return cached[1]
     template = _derive_template(tokenizer)
     if template is not None and not _template_reproduces_tokenizer(tokenizer, template):
         template = None
-    try:
-        _template_cache[tokenizer] = (len(tokenizer), template)
-    except TypeError:
-        pass
+    _template_cache[tokenizer] = (len(tokenizer), template)
     return template
 
 
@@ -537,8 +510,7 @@ def _build_chunk_from_contexts(
     ], axis=1)
     gather = _concatenated_ranges(segment_starts.ravel(), segment_lengths.ravel())
     lengths = segment_lengths.sum(axis=1)
-    row_splits = np.zeros(n_windows + 1, dtype=np.int64)
-    np.cumsum(lengths, out=row_splits[1:])
+    row_splits = _row_splits(lengths)
 
     input_ids = pool.ids[gather].astype(np.int32)
     token_type_ids = pool.types[gather] if with_token_types else None
@@ -586,14 +558,8 @@ def _encode_questions(examples: Sequence[Example], backend: Any, limit: int,
         ids = encoding.ids
         if len(ids) > limit:
             report.truncated_questions += 1
-            offsets = encoding.offsets
-            keep = limit
-            while True:
-                text = question[: offsets[keep - 1][1]]
-                ids = backend.encode(text, add_special_tokens=False).ids
-                if keep == 1 or len(ids) <= limit:
-                    break
-                keep -= 1
+            _, ids = _cut_question(question, encoding.offsets, limit,
+                                   lambda text: backend.encode(text, add_special_tokens=False).ids)
         result.append(ids)
     return result
 
@@ -682,12 +648,6 @@ def _concatenate(chunks: list[dict[str, np.ndarray]], with_token_types: bool) ->
         return Features(empty, np.zeros(0, np.int8) if with_token_types else None,
                         np.zeros((0, 2), np.int32), np.zeros(1, np.int64), empty.copy(),
                         empty.copy(), empty.copy(), empty.copy())
-    row_splits = [np.zeros(1, dtype=np.int64)]
-    base = 0
-    for chunk in chunks:
-        row_splits.append(chunk["row_splits"][1:] + base)
-        base += int(chunk["row_splits"][-1])
-
     def joined(name: str) -> np.ndarray:
         return np.concatenate([chunk[name] for chunk in chunks])
 
@@ -695,12 +655,19 @@ def _concatenate(chunks: list[dict[str, np.ndarray]], with_token_types: bool) ->
         input_ids=joined("input_ids"),
         token_type_ids=joined("token_type_ids") if with_token_types else None,
         offsets=joined("offsets"),
-        row_splits=np.concatenate(row_splits),
+        row_splits=_row_splits(np.concatenate([np.diff(c["row_splits"]) for c in chunks])),
         example_index=joined("example_index"),
         start_positions=joined("start_positions"),
         end_positions=joined("end_positions"),
         cls_index=joined("cls_index"),
     )
+
+
+def _row_splits(lengths: np.ndarray) -> np.ndarray:
+    """int64 [n + 1] offsets of windows with these lengths, laid end to end."""
+    row_splits = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=row_splits[1:])
+    return row_splits
 
 
 def _concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -751,11 +718,8 @@ def tokenizer_files_key(name_or_path: str | Path) -> str | None:
     if not directory.is_dir():
         return None
     digest = hashlib.sha256()
-    for package in ("transformers", "tokenizers"):
-        try:
-            digest.update(f"{package}={metadata.version(package)}\n".encode())
-        except metadata.PackageNotFoundError:
-            digest.update(f"{package}=none\n".encode())
+    for package in ("transformers", "tokenizers"):  # both are dependencies of squadft
+        digest.update(f"{package}={metadata.version(package)}\n".encode())
     try:
         for file in sorted(directory.iterdir()):
             if _is_tokenizer_file(file.name) and file.is_file():
@@ -796,19 +760,15 @@ class LazyTokenizer:
         files_key = tokenizer_files_key(self.name_or_path)
         entry = self._index / f"{files_key}.json"
         if files_key is not None:
-            try:
-                self._fingerprint = str(json.loads(entry.read_text(encoding="utf-8"))
-                                        ["fingerprint"])
+            with suppress(OSError, ValueError, KeyError, TypeError):
+                remembered = json.loads(entry.read_text(encoding="utf-8"))["fingerprint"]
+                self._fingerprint = str(remembered)
                 return self._fingerprint
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
         self._fingerprint = tokenizer_fingerprint(self.get())
         if files_key is not None:
-            try:
+            with suppress(StorageError):  # only costs loading the tokenizer again next time
                 atomic_write_json(entry, {"fingerprint": self._fingerprint,
                                           "model": self.name_or_path})
-            except StorageError:
-                pass  # only costs loading the tokenizer again next time
         return self._fingerprint
 
 
@@ -823,10 +783,6 @@ def _examples_fingerprint(examples: Sequence[Example]) -> str:
             f"{first.start if first else -1}\x1f{first.text if first else ''}\x1e".encode()
         )
     return digest.hexdigest()
-
-
-def _not_parsed_yet(examples: Sequence[Example]) -> bool:
-    return isinstance(examples, CachedExamples) and not examples.loaded
 
 
 def features_cache_key(
@@ -850,14 +806,8 @@ def features_cache_key(
 
 
 def load_or_build_features(
-    examples: Sequence[Example],
-    tokenizer: Any,
-    *,
-    cache_dir: str | Path,
-    data_key: str,
-    max_seq_length: int,
-    doc_stride: int,
-    max_query_length: int,
+    examples: Sequence[Example], tokenizer: Any, *, cache_dir: str | Path, data_key: str,
+    max_seq_length: int, doc_stride: int, max_query_length: int,
 ) -> tuple[Features, FeatureReport, bool]:
     """Features from <cache_dir>/features/<key>/ when complete there, else built and stored.
 
@@ -873,7 +823,8 @@ def load_or_build_features(
     root = Path(cache_dir) / "features"
     final = root / key
     cached = _load_cached(final, key, len(examples))
-    fingerprint = None if _not_parsed_yet(examples) else _examples_fingerprint(examples)
+    not_parsed_yet = isinstance(examples, CachedExamples) and not examples.loaded
+    fingerprint = None if not_parsed_yet else _examples_fingerprint(examples)
     if cached is not None and fingerprint in (None, cached[2]):
         return cached[0], cached[1], True
 
@@ -897,7 +848,9 @@ def _store(features: Features, report: FeatureReport, root: Path, final: Path, k
         temp = make_temp_dir(root, key)  # 0777 & ~umask: a shared cache stays readable
     except OSError as exc:
         raise StorageError(describe_os_error(exc, root)) from None
-    try:
+    # numpy says "N requested and M written" on a full disk: the reason is told from the free
+    # space, so before the partial arrays are deleted
+    with removed_on_failure(temp, final):
         shapes = {}
         for name in _ARRAY_NAMES:
             array = getattr(features, name)
@@ -917,7 +870,7 @@ def _store(features: Features, report: FeatureReport, root: Path, final: Path, k
             "report": dataclasses.asdict(report),
         })
         fsync_dir(temp)
-        existing = _load_cached(final, key, num_examples) if final.exists() else None
+        existing = _load_cached(final, key, num_examples)
         if final.exists() and (existing is None or existing[2] != examples_fingerprint):
             # A damaged entry under the final name (copied by hand, disk trouble), or one built
             # from other examples under the same data key: replace it.
@@ -932,15 +885,6 @@ def _store(features: Features, report: FeatureReport, root: Path, final: Path, k
                     raise
                 shutil.rmtree(temp, ignore_errors=True)
             fsync_dir(root)
-    except OSError as exc:
-        # numpy says "N requested and M written" on a full disk: the reason is told from the
-        # free space, so before the partial arrays are deleted
-        message = describe_os_error(exc, final)
-        shutil.rmtree(temp, ignore_errors=True)
-        raise StorageError(message) from None
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
 
 
 def _load_cached(directory: Path, key: str, num_examples: int
@@ -952,16 +896,14 @@ def _load_cached(directory: Path, key: str, num_examples: int
         if (meta.get("format") != FEATURES_FORMAT_VERSION or meta.get("key") != key
                 or meta.get("examples") != num_examples):
             return None
-        arrays: dict[str, np.ndarray | None] = {}
+        arrays: dict[str, np.ndarray | None] = dict.fromkeys(_ARRAY_NAMES)
         for name in _ARRAY_NAMES:
             expected = meta["arrays"].get(name)
-            if expected is None:
-                arrays[name] = None
-                continue
-            array = np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-            if list(array.shape) != expected["shape"] or str(array.dtype) != expected["dtype"]:
-                return None
-            arrays[name] = array
+            if expected is not None:
+                array = np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+                if list(array.shape) != expected["shape"] or str(array.dtype) != expected["dtype"]:
+                    return None
+                arrays[name] = array
         report = FeatureReport(**meta["report"])
         examples_fingerprint = str(meta["examples_fingerprint"])
     except (OSError, ValueError, KeyError, TypeError):

@@ -51,18 +51,39 @@ def _rng(seed: int, *salt: str) -> np.random.Generator:
 
 def holdout_articles(examples: Sequence[Example], fraction: float, seed: int,
                      label: str) -> set[int]:
-    """A seeded choice of round(fraction x articles) whole articles (at least one, never all).
+    """A seeded choice of round(fraction x articles) whole articles (at least one, never all)
+    with every kind of question the file has: a threshold cannot be calibrated without both
+    answerable and unanswerable questions.
 
     `examples` are one file's selected examples; `label` (the file name) makes the choice of
     each file independent. Returns the chosen article indices; empty when the file has fewer
-    than two articles or `fraction` is 0.
+    than two articles, `fraction` is 0, or no choice of whole articles has every kind and
+    leaves an article to train on.
     """
     articles = sorted({e.article for e in examples})
     if fraction <= 0 or len(articles) < 2:
         return set()
     count = min(len(articles) - 1, max(1, round(fraction * len(articles))))
-    chosen = _rng(seed, "calibration", label).choice(len(articles), size=count, replace=False)
-    return {articles[i] for i in chosen.tolist()}
+    rng = _rng(seed, "calibration", label)
+    chosen = [articles[i] for i in rng.choice(len(articles), size=count, replace=False).tolist()]
+    kinds: dict[int, set[bool]] = {}
+    for e in examples:
+        kinds.setdefault(e.article, set()).add(e.is_impossible)
+    wanted = set().union(*kinds.values())
+
+    def covered(picks: list[int]) -> set[bool]:
+        return set().union(*(kinds[a] for a in picks))
+
+    # a kind missing: add, in a seeded order, articles that have it, then drop the picks the
+    # others make redundant (the same choice as before whenever that one had every kind)
+    for article in (articles[i] for i in rng.permutation(len(articles)).tolist()):
+        if article not in chosen and kinds[article] & (wanted - covered(chosen)):
+            chosen.append(article)
+    for article in list(chosen):
+        rest = [a for a in chosen if a != article]
+        if len(chosen) > count and covered(rest) == wanted:
+            chosen = rest
+    return set(chosen) if len(chosen) < len(articles) else set()
 
 
 def stratified_sample(examples: Sequence[Example], count: int, seed: int,
@@ -86,6 +107,13 @@ def stratified_sample(examples: Sequence[Example], count: int, seed: int,
         chosen.append(group[np.argsort(priority, kind="stable")[:n]])
     keep = np.sort(np.concatenate(chosen))
     return [examples[i] for i in keep.tolist()]
+
+
+def overlap(questions: Sequence[Example], others: Sequence[Example]) -> int:
+    """How many of `questions` share an id or a paragraph (context) with `others`: questions
+    not held out of them."""
+    ids, contexts = {e.id for e in others}, {e.context for e in others}
+    return sum(1 for e in questions if e.id in ids or e.context in contexts)
 
 
 def unanswerable_share(examples: Sequence[Example]) -> float:

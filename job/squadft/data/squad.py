@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -89,9 +90,7 @@ class ParseReport:
 
 def load_squad(path: str | Path) -> tuple[list[Example], ParseReport]:
     """Read a SQuAD .json file, gzip-compressed or not (decided by its magic bytes)."""
-    path = Path(path)
-    data = read_json_file(path)
-    return parse_squad(data, source=str(path))
+    return parse_squad(read_json_file(path), source=str(Path(path)))
 
 
 def parse_squad(data: Any, source: str = "<memory>") -> tuple[list[Example], ParseReport]:
@@ -222,25 +221,22 @@ def align_answer(
     shifted some offsets by whitespace or by a character); then the occurrence nearest to the
     given offset anywhere in the context.
     """
+    report = report if report is not None else ParseReport(source="")
     if not text:
-        if report is not None:
-            report.dropped_answers += 1
+        report.dropped_answers += 1
         return None
     if context.startswith(text, start) and start >= 0:
         return Answer(text, start)
     for shift in REPAIR_SHIFTS:
         candidate = start + shift
         if candidate >= 0 and context.startswith(text, candidate):
-            if report is not None:
-                report.repaired_shift += 1
+            report.repaired_shift += 1
             return Answer(text, candidate)
     nearest = _nearest_occurrence(context, text, start)
     if nearest is None:
-        if report is not None:
-            report.dropped_answers += 1
+        report.dropped_answers += 1
         return None
-    if report is not None:
-        report.repaired_search += 1
+    report.repaired_search += 1
     return Answer(text, nearest)
 
 
@@ -268,16 +264,12 @@ def _field(obj: dict[str, Any], key: str, kind: type, source: str, where: str) -
     return value
 
 
-_KIND_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list",
+               dict: "an object", bool: "a boolean", type(None): "null"}
 
 
 def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return {str: "a string", int: "an integer", float: "a number", list: "a list",
-            dict: "an object"}.get(type(value), type(value).__name__)
+    return _KIND_NAMES.get(type(value), type(value).__name__)
 
 
 def _short(text: str, limit: int = 40) -> str:
@@ -298,54 +290,42 @@ def load_squad_cached(
     iterated (a cached `prepare` or a training run never looks at the training questions).
     A damaged or unwritable cache only costs the parse.
     """
-    meta_path, columns_path = _examples_cache_paths(cache_dir, sha256)
-    try:
+    stem = Path(cache_dir) / "examples" / f"{sha256[:32]}-p{PARSER_VERSION}"
+    meta_path, columns_path = stem.with_suffix(".meta.json"), stem.with_suffix(".columns.json")
+    with suppress(OSError, ValueError, KeyError, TypeError):
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if (meta["format"] == EXAMPLES_CACHE_FORMAT and meta["parser"] == PARSER_VERSION
                 and meta["sha256"] == sha256
                 and columns_path.stat().st_size == meta["columns_bytes"]):
             report = ParseReport(**dict(meta["report"], source=str(path)))
             return CachedExamples(columns_path, int(meta["count"])), report
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
     examples, report = load_squad(path)
-    try:
+    # a read-only or full cache disk: the parse is still good, only not remembered
+    with suppress(OSError, StorageError):
         atomic_write_json(columns_path, _to_columns(examples))
         atomic_write_json(meta_path, {
             "format": EXAMPLES_CACHE_FORMAT, "parser": PARSER_VERSION, "sha256": sha256,
             "count": len(examples), "columns_bytes": columns_path.stat().st_size,
             "report": dataclasses.asdict(report),
         })
-    except (OSError, StorageError):
-        pass  # a read-only or full cache disk: the parse is still good, only not remembered
     return examples, report
-
-
-def _examples_cache_paths(cache_dir: str | Path, sha256: str) -> tuple[Path, Path]:
-    root = Path(cache_dir) / "examples"
-    stem = f"{sha256[:32]}-p{PARSER_VERSION}"
-    return root / f"{stem}.meta.json", root / f"{stem}.columns.json"
 
 
 def _to_columns(examples: Sequence[Example]) -> dict[str, Any]:
     """Examples as parallel lists; titles and contexts stored once (~7 questions share one)."""
-    titles: dict[str, int] = {}
-    contexts: dict[str, int] = {}
-    columns: dict[str, list[Any]] = {
-        "id": [], "question": [], "title": [], "context": [], "impossible": [],
-        "answer_count": [], "answer_text": [], "answer_start": [], "article": []}
-    for example in examples:
-        columns["id"].append(example.id)
-        columns["question"].append(example.question)
-        columns["title"].append(titles.setdefault(example.title, len(titles)))
-        columns["context"].append(contexts.setdefault(example.context, len(contexts)))
-        columns["impossible"].append(int(example.is_impossible))
-        columns["answer_count"].append(len(example.answers))
-        columns["article"].append(example.article)
-        for answer in example.answers:
-            columns["answer_text"].append(answer.text)
-            columns["answer_start"].append(answer.start)
-    return {"titles": list(titles), "contexts": list(contexts), **columns}
+    titles = {title: i for i, title in enumerate(dict.fromkeys(e.title for e in examples))}
+    contexts = {text: i for i, text in enumerate(dict.fromkeys(e.context for e in examples))}
+    answers = [answer for e in examples for answer in e.answers]
+    return {
+        "titles": list(titles), "contexts": list(contexts),
+        "id": [e.id for e in examples], "question": [e.question for e in examples],
+        "title": [titles[e.title] for e in examples],
+        "context": [contexts[e.context] for e in examples],
+        "impossible": [int(e.is_impossible) for e in examples],
+        "answer_count": [len(e.answers) for e in examples],
+        "answer_text": [a.text for a in answers], "answer_start": [a.start for a in answers],
+        "article": [e.article for e in examples],
+    }
 
 
 def _from_columns(columns: dict[str, Any]) -> list[Example]:
@@ -377,12 +357,7 @@ class CachedExamples(Sequence[Example]):
 
     @property
     def loaded(self) -> bool:
-        return self._materialized() is not None
-
-    def _materialized(self) -> list[Example] | None:
-        if self._source is not None:
-            return self._source._materialized()
-        return self._examples
+        return (self._source if self._source is not None else self)._examples is not None
 
     def _all(self) -> list[Example]:
         if self._source is not None:

@@ -44,14 +44,26 @@ class Calibration:
     scores: dict[str, float | int]  # official keys at null_threshold, on the calibration set
     f1_at_zero: float  # F1 at threshold 0, for comparison
     always_no_answer_f1: float
+    # how many share an id or a paragraph with the training questions (None: not recorded)
+    overlap_with_train: int | None = None
+    loss: float | None = None  # the QA loss of the held-out windows
+    step: int | None = None  # the optimizer step of the weights calibrated
 
     def describe(self) -> str:
+        if self.overlap_with_train:
+            return (f"calibrated on {self.questions} questions, {self._overlap()} "
+                    f"({self.source})")
         return f"calibrated on {self.questions} held-out questions ({self.source})"
+
+    def _overlap(self) -> str:
+        return (f"{self.overlap_with_train} of them share an id or a paragraph with the "
+                "training data")
 
     def summary(self) -> str:
         s = self.scores
         parts = [f"calibration: null threshold {self.null_threshold:.4g} from "
-                 f"{self.questions} questions ({self.unanswerable} unanswerable; {self.source})",
+                 f"{self.questions} questions ({self.unanswerable} unanswerable; {self.source}"
+                 + (f"; {self._overlap()})" if self.overlap_with_train else ")"),
                  f"EM {s['exact']:.2f}, F1 {s['f1']:.2f} there"]
         if "HasAns_f1" in s:
             parts.append(f"HasAns F1 {s['HasAns_f1']:.2f}")
@@ -63,9 +75,10 @@ class Calibration:
 
 
 def calibrate(result: PostprocessResult, gold: Mapping[str, list[str]], *,
-              source: str) -> Calibration:
+              source: str, overlap_with_train: int | None = None) -> Calibration:
     """Tune the null threshold for F1 on held-out questions (`gold`: id -> answers, [] for
-    unanswerable). Pure: the scores are those of `result` on `gold` only."""
+    unanswerable; `overlap_with_train` of them not really held out). Pure: the scores are
+    those of `result` on `gold` only."""
     if not gold:
         raise DataError("calibration set is empty")
     tuned = tune_null_threshold(result, gold)
@@ -77,6 +90,7 @@ def calibrate(result: PostprocessResult, gold: Mapping[str, list[str]], *,
         scores={k: tuned.metrics[k] for k in SCORE_KEYS if k in tuned.metrics},
         f1_at_zero=float(at_zero["f1"]),
         always_no_answer_f1=100.0 * unanswerable / len(gold),
+        overlap_with_train=overlap_with_train,
     )
 
 
@@ -87,6 +101,7 @@ class NullThreshold:
     value: float
     kind: str  # "calibrated", "given" or "default"
     source: str
+    calibration_overlap_with_train: int | None = None  # calibrated: Calibration's
 
     def describe(self) -> str:
         return f"null threshold {self.value:.4g} ({self.source})"
@@ -99,7 +114,7 @@ def resolve_null_threshold(setting: str | float, calibration: Calibration | None
     if isinstance(setting, str) and setting.strip().lower() == "auto":
         if calibration is not None:
             return NullThreshold(calibration.null_threshold, "calibrated",
-                                 calibration.describe())
+                                 calibration.describe(), calibration.overlap_with_train)
         return NullThreshold(0.0, "default", "no calibrated threshold with this model: 0")
     try:
         value = float(setting)
@@ -162,8 +177,28 @@ class InferenceSettings:
             calibration = None
             if data.get("calibration") is not None:
                 raw = data["calibration"]
-                calibration = Calibration(**{**raw, "null_threshold":
-                                             float(raw["null_threshold"])})
+                calibration = Calibration(**{**raw, "null_threshold": _finite(
+                    raw["null_threshold"], "calibration.null_threshold")})
+            top = data.get("null_threshold")
+            saved = calibration.null_threshold if calibration is not None else None
+            if (top if top is None else _finite(top, "null_threshold")) != saved:
+                raise _Bad(f"null_threshold ({json.dumps(top)}) differs from "
+                           f"calibration.null_threshold ({json.dumps(saved)}): edited in one "
+                           "place only?")
+        except _Bad as exc:
+            raise DataError(f"{path}: {exc}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DataError(f"{path}: malformed inference settings ({exc})") from None
         return cls(**values, calibration=calibration)
+
+
+class _Bad(ValueError):
+    """A value of the inference settings that would be used wrongly, named by its key."""
+
+
+def _finite(value: Any, key: str) -> float:
+    """A threshold from the file: a JSON number and finite (NaN would answer every question,
+    a string is a hand edit), else _Bad naming `key`."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _Bad(f"{key} must be a finite number (got {json.dumps(value)})")
+    return float(value)

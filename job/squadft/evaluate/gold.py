@@ -1,5 +1,4 @@
-"""Gold answers: what the official SQuAD 2.0 script scores against, read from the raw file.
-"""
+"""Gold answers: what the official SQuAD 2.0 script scores against, read from the raw file."""
 
 from __future__ import annotations
 
@@ -9,13 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from squadft.data.selection import select_raw_articles
+from squadft.data.squad import V2_VERSIONS
 from squadft.errors import DataError
 from squadft.filespec import FileSpec
-from squadft.io import (
-    read_json_file,
-)
-
-V2_VERSIONS = frozenset({"v2.0", "2.0"})
+from squadft.io import read_json_file
 
 
 @dataclass(frozen=True)
@@ -87,12 +83,8 @@ def gold_for_examples(gold: GoldStandard, examples: Sequence[Any], *, limited: b
     script would count it). `limited`: only the examples' questions are evaluated (a sample),
     so questions beyond them are left out rather than counted."""
     warnings = gold.warnings()
-    if limited:
-        kept = {example.id for example in examples}
-        answers = {qid: texts for qid, texts in gold.answers.items() if qid in kept}
-    else:
-        answers = dict(gold.answers)
     parsed = {example.id: example for example in examples}
+    answers = {qid: texts for qid, texts in gold.answers.items() if not limited or qid in parsed}
     dropped = [qid for qid in answers if qid not in parsed]
     if dropped:
         warnings.append(f"{len(dropped)} questions of {source} could not be parsed (no answer "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -86,6 +87,17 @@ def pad_windows(
     return batch
 
 
+def progress_bar(desc: str | None, total: int) -> Any:
+    """Rank 0's bar of windows on stderr, like training's (squadft.train.tracking): redrawn
+    every second on a terminal, every 30 s in a log file; None without `desc`."""
+    if desc is None:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="window", dynamic_ncols=True,
+                mininterval=1.0 if sys.stderr.isatty() else 30.0)
+
+
 @torch.inference_mode()
 def _logits_for(
     model: Any,
@@ -96,6 +108,7 @@ def _logits_for(
     device: torch.device,
     autocast_dtype: torch.dtype | None,
     width: int,
+    bar: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     accepted = model_input_names(model)
     pad_token_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
@@ -126,6 +139,8 @@ def _logits_for(
         # Copy each batch to the host right away: nothing accumulates on the accelerator.
         start[rows, :n_columns] = outputs.start_logits[:, :n_columns].float().cpu().numpy()
         end[rows, :n_columns] = outputs.end_logits[:, :n_columns].float().cpu().numpy()
+        if bar is not None:
+            bar.update(len(chunk))
     # Columns past each window's end hold logits of padding: overwrite them with one constant
     # so that the output does not depend on which windows happened to share a batch.
     lengths = np.diff(np.asarray(features.row_splits))[indices]
@@ -142,8 +157,11 @@ def predict_logits(
     batch_size: int,
     device: torch.device | str,
     precision: str = "fp32",
+    progress: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Start and end logits, float32 numpy [len(features), longest window], in feature order.
+
+    `progress`: the name of a progress bar on stderr (rank 0, its share of the windows).
 
     Columns past a window's end hold PADDING_LOGIT. With torch.distributed initialised every
     rank must call this with the same features; each computes its shard and rank 0 returns the
@@ -164,12 +182,16 @@ def predict_logits(
     # Under autocast the encoder runs in bf16/fp16 but the QA head in fp32 (fp32_qa_head).
     head = (fp32_qa_head(network, device.type) if autocast_dtype is not None
             else contextlib.nullcontext())
+    bar = progress_bar(progress if rank == 0 else None, len(mine))
     try:
         with head:
             start, end = _logits_for(network, features, mine, batch_size=batch_size,
-                                     device=device, autocast_dtype=autocast_dtype, width=width)
+                                     device=device, autocast_dtype=autocast_dtype, width=width,
+                                     bar=bar)
     finally:
         network.train(was_training)
+        if bar is not None:
+            bar.close()  # before an error is printed, so that it stays the last line
 
     if world_size == 1:
         return _in_feature_order(len(lengths), width, [(mine, start, end)])
@@ -191,3 +213,21 @@ def _in_feature_order(
         start[indices] = piece_start
         end[indices] = piece_end
     return start, end
+
+
+def window_loss(start_logits: np.ndarray, end_logits: np.ndarray, features: Any) -> float:
+    """The QA loss of `predict_logits`' output against the windows' labels: the mean over
+    windows of (cross-entropy of the start token + that of the end token) / 2, as the model's
+    own loss; unanswerable windows are labelled at their [CLS] token. Columns past a window's
+    end hold PADDING_LOGIT, whose share of the softmax is nil."""
+    if len(start_logits) == 0:
+        return float("nan")
+    rows = np.arange(len(start_logits))
+    total = 0.0
+    for logits, labels in ((start_logits, features.start_positions),
+                           (end_logits, features.end_positions)):
+        logits = logits.astype(np.float64)
+        peak = logits.max(axis=1)
+        log_norm = peak + np.log(np.exp(logits - peak[:, None]).sum(axis=1))
+        total += float((log_norm - logits[rows, np.asarray(labels)]).mean())
+    return total / 2

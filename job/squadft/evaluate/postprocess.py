@@ -44,17 +44,12 @@ class Candidate:
     answer_start: int  # character offset into the context, -1 for the null answer
     probability: float  # softmax over the question's n-best scores, null answer included
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "probability": self.probability,
-            "start_logit": self.start_logit,
-            "end_logit": self.end_logit,
-            "score": self.score,
-            "answer_start": self.answer_start,
-        }
+    def to_json(self) -> dict[str, Any]:  # keys in the order NBestLists.json_arrays writes
+        return {key: getattr(self, key) for key in (
+            "text", "probability", "start_logit", "end_logit", "score", "answer_start")}
 
 
+@dataclass(eq=False)  # compared as a Mapping
 class NBestLists(Mapping[str, list[Candidate]]):
     """The n-best lists of all questions, stored column-wise: question i owns rows
     bounds[i]:bounds[i + 1] of every column, best first.
@@ -64,34 +59,16 @@ class NBestLists(Mapping[str, list[Candidate]]):
     when one question's list is read; `json_arrays` serialises them without records.
     """
 
-    __slots__ = ("_position", "answer_starts", "bounds", "end_logits", "ids", "probabilities",
-                 "scores", "start_logits", "texts")
+    ids: list[str]
+    bounds: np.ndarray  # int64 [len(ids) + 1]
+    texts: list[str]
+    scores: np.ndarray
+    start_logits: np.ndarray
+    end_logits: np.ndarray
+    answer_starts: np.ndarray
+    probabilities: np.ndarray
 
-    def __init__(
-        self,
-        ids: Sequence[str],
-        bounds: np.ndarray,
-        texts: list[str],
-        scores: np.ndarray,
-        start_logits: np.ndarray,
-        end_logits: np.ndarray,
-        answer_starts: np.ndarray,
-        probabilities: np.ndarray,
-    ) -> None:
-        if len(bounds) != len(ids) + 1:
-            raise ValueError(f"{len(bounds)} bounds for {len(ids)} questions")
-        total = int(bounds[-1]) if len(bounds) else 0
-        columns = (texts, scores, start_logits, end_logits, answer_starts, probabilities)
-        if any(len(column) != total for column in columns):
-            raise ValueError(f"n-best columns must all have {total} rows")
-        self.ids = list(ids)
-        self.bounds = np.asarray(bounds, dtype=np.int64)
-        self.texts = texts
-        self.scores = scores
-        self.start_logits = start_logits
-        self.end_logits = end_logits
-        self.answer_starts = answer_starts
-        self.probabilities = probabilities
+    def __post_init__(self) -> None:
         self._position = {qid: i for i, qid in enumerate(self.ids)}
 
     def __getitem__(self, qid: str) -> list[Candidate]:
@@ -182,15 +159,9 @@ def sigmoid(x: float) -> float:
 
 
 def postprocess_predictions(
-    examples: Sequence[_Example],
-    features: Any,
-    start_logits: np.ndarray,
-    end_logits: np.ndarray,
-    *,
-    n_best: int = 20,
-    max_answer_length: int = 30,
-    null_threshold: float = 0.0,
-    with_nbest: bool = True,
+    examples: Sequence[_Example], features: Any, start_logits: np.ndarray,
+    end_logits: np.ndarray, *, n_best: int = 20, max_answer_length: int = 30,
+    null_threshold: float = 0.0, with_nbest: bool = True,
 ) -> PostprocessResult:
     """Decode the logits of all windows into one prediction per example.
 

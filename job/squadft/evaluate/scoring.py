@@ -6,7 +6,7 @@ evaluate-v2.0.py compute), and the lines that report them (`format_metrics`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +16,8 @@ from squadft.evaluate.calibration import NullThreshold
 from squadft.evaluate.gold import load_gold
 from squadft.evaluate.postprocess import PostprocessResult, sigmoid
 from squadft.evaluate.squad_metrics import check_predictions, evaluate_predictions
-from squadft.io import (
-    read_json_file,
-)
+from squadft.evaluate.uncertainty import format_intervals, interval_report
+from squadft.io import read_json_file
 
 
 def load_predictions(path: str | Path) -> dict[str, Any]:
@@ -83,12 +82,15 @@ def score_postprocessed(
     result: PostprocessResult,
     gold: Mapping[str, list[str]],
     threshold: NullThreshold,
+    article_of: Mapping[str, Hashable] | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """(metrics, predictions to write) at a threshold fixed before these questions were seen.
 
     Each question's answer depends on its own scores and the threshold alone, never on which
     other questions are evaluated. The official best_* keys (threshold tuned on `gold` itself)
     come from na_probs, as evaluate-v2.0.py computes them: an oracle, labelled as such.
+    `article_of` (question id -> article): adds `ci95`, the scores' 95% intervals from a
+    bootstrap over articles.
     """
     predictions = result.predictions_at(threshold.value)
     metrics: dict[str, Any] = dict(evaluate_predictions(
@@ -96,9 +98,13 @@ def score_postprocessed(
     metrics["null_threshold"] = threshold.value
     metrics["null_threshold_kind"] = threshold.kind
     metrics["null_threshold_source"] = threshold.source
+    if threshold.calibration_overlap_with_train is not None:
+        metrics["calibration_overlap_with_train"] = threshold.calibration_overlap_with_train
     metrics["no_answer_probability_threshold"] = sigmoid(threshold.value)
     share = 100.0 * sum(1 for answers in gold.values() if not answers) / len(gold)
     metrics["always_no_answer_exact"] = metrics["always_no_answer_f1"] = share
+    if article_of is not None:
+        metrics["ci95"] = interval_report(gold, _only(predictions, gold), article_of)
     return metrics, predictions
 
 
@@ -124,6 +130,8 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
     if "always_no_answer_f1" in metrics:
         lines.append(f"always no answer: EM {metrics['always_no_answer_exact']:.2f}, "
                      f"F1 {metrics['always_no_answer_f1']:.2f}")
+    if "ci95" in metrics:
+        lines.append(format_intervals(metrics["ci95"]))
     if "best_f1" in metrics:
         lines.append(
             f"oracle (threshold tuned on these same questions): best_exact "

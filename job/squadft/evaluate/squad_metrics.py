@@ -113,25 +113,16 @@ def raw_scores(
     return exact, f1
 
 
-def apply_no_answer_threshold(
-    scores: Mapping[str, float],
-    na_probs: Mapping[str, float],
-    has_answer: Mapping[str, bool],
-    na_prob_thresh: float,
-) -> dict[str, float]:
-    return {
-        qid: (float(not has_answer[qid]) if na_probs[qid] > na_prob_thresh else score)
-        for qid, score in scores.items()
-    }
+def apply_no_answer_threshold(scores: Mapping[str, float], na_probs: Mapping[str, float],
+                              has_answer: Mapping[str, bool], na_prob_thresh: float
+                              ) -> dict[str, float]:
+    return {qid: (float(not has_answer[qid]) if na_probs[qid] > na_prob_thresh else score)
+            for qid, score in scores.items()}
 
 
 def find_best_threshold(
-    predictions: Mapping[str, str],
-    scores: Mapping[str, float],
-    na_probs: Mapping[str, float],
-    has_answer: Mapping[str, bool],
-    total: int | None = None,
-    start_threshold: float = 0.0,
+    predictions: Mapping[str, str], scores: Mapping[str, float], na_probs: Mapping[str, float],
+    has_answer: Mapping[str, bool], total: int | None = None, start_threshold: float = 0.0,
 ) -> tuple[float, float]:
     """(best score in percent, threshold): the official sweep over na_probs in rising order.
 
@@ -171,10 +162,8 @@ def _summary(exact: Mapping[str, float], f1: Mapping[str, float], qids: list[str
 
 
 def evaluate_predictions(
-    gold: Mapping[str, list[str]],
-    predictions: Mapping[str, str],
-    na_probs: Mapping[str, float] | None = None,
-    na_prob_thresh: float = 1.0,
+    gold: Mapping[str, list[str]], predictions: Mapping[str, str],
+    na_probs: Mapping[str, float] | None = None, na_prob_thresh: float = 1.0,
 ) -> dict[str, float | int]:
     """The official SQuAD 2.0 results dict (percentages) for `predictions` against `gold`.
 
@@ -218,14 +207,9 @@ def evaluate_predictions(
     for prefix, wanted in (("HasAns", True), ("NoAns", False)):
         qids = [qid for qid in all_qids if has_answer[qid] == wanted]
         if qids:
-            for key, value in _summary(exact, f1, qids).items():
-                results[f"{prefix}_{key}"] = value
+            results.update({f"{prefix}_{k}": v for k, v in _summary(exact, f1, qids).items()})
     if na_probs is not None:
-        total = len(all_qids)
-        results["best_exact"], results["best_exact_thresh"] = find_best_threshold(
-            scored, exact_raw, probs, has_answer, total
-        )
-        results["best_f1"], results["best_f1_thresh"] = find_best_threshold(
-            scored, f1_raw, probs, has_answer, total
-        )
+        for name, raw in (("exact", exact_raw), ("f1", f1_raw)):
+            results[f"best_{name}"], results[f"best_{name}_thresh"] = find_best_threshold(
+                scored, raw, probs, has_answer, len(all_qids))
     return results

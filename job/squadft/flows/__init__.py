@@ -5,7 +5,9 @@ work, outputs) and each the only place where the stages below it meet.
   first step of training);
 - training: `squadft train`, the whole job (prepare, train, save final/, calibrate, evaluate);
 - evaluation: decode, score and calibrate a model (`squadft evaluate`, and the end of training);
-- prediction: `squadft predict`.
+- prediction: `squadft predict`;
+- sweep: `squadft sweep` (plan the trials and their Slurm array and Indexed Job, train one
+  trial, rank the trials by held-out F1).
 
 The stages (squadft.data, squadft.train, squadft.evaluate, squadft.storage) never import this
 package; tests/test_layers.py keeps it so.

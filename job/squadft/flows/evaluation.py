@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,11 @@ from squadft.evaluate.calibration import (
     resolve_null_threshold,
 )
 from squadft.evaluate.gold import gold_for_examples, gold_from_examples, load_gold
-from squadft.evaluate.inference import predict_logits
+from squadft.evaluate.inference import predict_logits, window_loss
 from squadft.evaluate.outputs import check_output_dir, write_prediction_files
 from squadft.evaluate.postprocess import PostprocessResult, postprocess_predictions
 from squadft.evaluate.scoring import format_metrics, score_postprocessed
-from squadft.filespec import parse_file_spec
+from squadft.filespec import parse_local_spec
 from squadft.flows.preparation import PreparedSplit
 from squadft.io import remove_stale_temps, sha256_file
 from squadft.modeling import check_window, load_model, load_tokenizer
@@ -50,20 +50,25 @@ from squadft.train.tracking import METRICS_FILE, MetricsLogger
 
 
 def decode(model: Any, examples: Sequence[Any], features: Any, *, cfg: Config, device: Any,
-           with_nbest: bool = True) -> tuple[PostprocessResult | None, dict[str, float]]:
-    """Logits of every window -> per-question spans and null scores (rank 0; None elsewhere).
+           with_nbest: bool = True, progress: str | None = None, with_loss: bool = False
+           ) -> tuple[PostprocessResult | None, dict[str, float]]:
+    """Logits of every window -> per-question spans and null scores (rank 0; None elsewhere),
+    and timings (with `with_loss`, also the windows' QA "loss" against their labels).
 
     Call it on every rank when torch.distributed is initialised: each rank runs its share of
-    the windows. cfg supplies eval_batch_size, precision, n_best and max_answer_length.
+    the windows. cfg supplies eval_batch_size, precision, n_best and max_answer_length;
+    `progress` names rank 0's progress bar on stderr.
     """
     began = time.perf_counter()
     start_logits, end_logits = predict_logits(
         model, features, batch_size=cfg.eval_batch_size, device=device,
-        precision=cfg.precision,
+        precision=cfg.precision, progress=progress,
     )
     timings = {"inference_seconds": round(time.perf_counter() - began, 3)}
     if current_group()[0] != 0:
         return None, timings
+    if with_loss:
+        timings["loss"] = window_loss(start_logits, end_logits, features)
     began = time.perf_counter()
     result = postprocess_predictions(
         examples, features, start_logits, end_logits, n_best=cfg.n_best,
@@ -83,8 +88,10 @@ def evaluate_model(
     output_dir: str | Path,
     device: Any,
     gold: Mapping[str, list[str]] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Logits -> predictions -> metrics at `threshold`; rank 0 writes the files.
+    """Logits -> predictions -> metrics at `threshold`, with their 95% intervals over
+    articles; rank 0 writes the files (`extra` goes into eval_results.json as it is).
 
     Every rank returns the same metrics dict. `gold` defaults to the examples' answers; pass
     the raw file's answers (`gold_for_examples`) to score like the official script.
@@ -92,12 +99,16 @@ def evaluate_model(
     if current_group()[0] == 0:
         # fail before inference, not after it, when the outputs cannot be written
         check_output_dir(output_dir)
-    result, timings = decode(model, examples, features, cfg=cfg, device=device)
+    result, timings = decode(model, examples, features, cfg=cfg, device=device,
+                             progress="evaluate")
     metrics: dict[str, Any] | None = None
     if result is not None:
+        article_of = {example.id: (example.article, example.title) for example in examples}
         metrics, predictions = score_postprocessed(
-            result, gold if gold is not None else gold_from_examples(examples), threshold)
-        metrics.update(examples=len(examples), features=len(features), **timings)
+            result, gold if gold is not None else gold_from_examples(examples), threshold,
+            article_of=article_of)
+        metrics.update(examples=len(examples), features=len(features), **timings,
+                       **(extra or {}))
         write_prediction_files(output_dir, predictions, result, metrics)
     metrics = broadcast_from_main(None, metrics)
     assert metrics is not None
@@ -105,12 +116,17 @@ def evaluate_model(
 
 
 def calibrate_model(model: Any, examples: Sequence[Any], features: Any, *, cfg: Config,
-                    device: Any, source: str) -> Calibration:
-    """The F1-best null threshold on held-out questions (every rank gets the same)."""
-    result, _ = decode(model, examples, features, cfg=cfg, device=device, with_nbest=False)
+                    device: Any, source: str, overlap_with_train: int | None = None,
+                    step: int | None = None) -> Calibration:
+    """The F1-best null threshold on held-out questions, with the scores there and the
+    held-out loss (every rank gets the same)."""
+    result, stats = decode(model, examples, features, cfg=cfg, device=device,
+                           with_nbest=False, progress="calibrate", with_loss=True)
     calibration = None
     if result is not None:
-        calibration = calibrate(result, gold_from_examples(examples), source=source)
+        calibration = calibrate(result, gold_from_examples(examples), source=source,
+                                overlap_with_train=overlap_with_train)
+        calibration = replace(calibration, loss=stats.get("loss"), step=step)
     return broadcast_from_main(None, calibration)
 
 
@@ -174,7 +190,7 @@ def _evaluation_questions(
 ) -> tuple[Sequence[Any], dict[str, list[str]], list[str], str]:
     """(the questions to score, their gold answers from the raw file, warnings, the parse
     report in words) of `data_path` = PATH or PATH[A:B]."""
-    spec = parse_file_spec(data_path)
+    spec = parse_local_spec(data_path)
     gold = load_gold(spec.name, spec)
     # parsed once per file content: evaluating checkpoint after checkpoint on one dev file
     # parses it once (a damaged or unwritable cache only costs the parse)
@@ -190,11 +206,12 @@ def _evaluation_questions(
 
 def evaluate_dev(cfg: Config, model: Any, dev: PreparedSplit, ctx: DistributedContext,
                  step: int, calibration: Calibration | None = None,
-                 metrics: MetricsLogger | None = None) -> dict[str, Any]:
+                 metrics: MetricsLogger | None = None,
+                 selection: dict[str, Any] | None = None) -> dict[str, Any]:
     """Official SQuAD 2.0 EM/F1 on the dev data, against the raw file's gold answers, at the
     threshold --null-threshold names (auto: the calibrated one); files in output_dir, a line
     in metrics.jsonl and, through `metrics` (a squadft.train.tracking.MetricsLogger), the
-    trackers."""
+    trackers. `selection`: how the weights were chosen, for eval_results.json."""
     threshold = resolve_null_threshold(cfg.null_threshold, calibration)
     answers = None
     if ctx.is_main:
@@ -205,8 +222,12 @@ def evaluate_dev(cfg: Config, model: Any, dev: PreparedSplit, ctx: DistributedCo
         for warning in warnings:
             warn(warning)
     model.eval()
+    extra = None
+    if selection is not None:
+        extra = {"selection": {k: v for k, v in selection.items() if k != "calibration"}}
     scores = evaluate_model(model, dev.examples, dev.features, cfg=cfg, threshold=threshold,
-                            output_dir=cfg.output_dir, device=ctx.device, gold=answers)
+                            output_dir=cfg.output_dir, device=ctx.device, gold=answers,
+                            extra=extra)
     if ctx.is_main:
         for line in format_metrics(scores).splitlines():
             say(line)

@@ -4,6 +4,7 @@ at the model's calibrated no-answer threshold.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -27,10 +28,13 @@ class Question:
     context: str
 
 
-def question_from_flags(question: str, context: str, qid: str = "question") -> Question:
+def question_from_flags(question: str, context: str) -> Question:
+    """One --question/--context pair. Its id is a digest of the two, 24 hex digits like
+    SQuAD's ids: the same pair gets the same id on every run, another pair another id."""
     if not question.strip() or not context.strip():
         raise ConfigError("--question and --context must not be empty")
-    return Question(qid, question, context)
+    digest = hashlib.sha256(json.dumps([question, context]).encode("utf-8")).hexdigest()
+    return Question(digest[:24], question, context)
 
 
 def read_questions_jsonl(path: str | Path) -> list[Question]:

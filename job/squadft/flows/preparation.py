@@ -13,17 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from squadft.config import Config
-from squadft.console import say
+from squadft.console import say, warn
 from squadft.data.features import FeatureReport, Features, LazyTokenizer, load_or_build_features
 from squadft.data.pull import FetchedFile, pull_dataset, split_files
 from squadft.data.selection import (
     holdout_articles,
+    overlap,
     select_articles,
     stratified_sample,
     unanswerable_share,
 )
 from squadft.data.squad import Example, ParseReport, load_squad_cached
-from squadft.errors import DataError
+from squadft.errors import ConfigError, DataError
 from squadft.filespec import FileSpec
 from squadft.io import (
     remove_stale_temps,
@@ -49,6 +50,7 @@ class PreparedSplit:
     feature_report: FeatureReport
     cache_hit: bool
     selection: str  # in words: which questions of which files
+    overlap_with_train: int = 0  # calibration: questions sharing an id or paragraph with train
 
 
 @dataclass
@@ -121,29 +123,19 @@ def _union(parts: Sequence[_Loaded]) -> Sequence[Example]:
 
 def _select_training(cfg: Config, parts: list[_Loaded], calibration_part: _Loaded | None
                      ) -> tuple[Sequence[Example], Sequence[Example] | None, str, str]:
-    """(training examples, calibration examples or None, and each selection in words)."""
+    """(training examples, calibration examples or None, the training selection in words,
+    the calibration selection in words or, without one, why)."""
     calibration: Sequence[Example] | None = None
-    calibration_words = ""
-    has_unanswerable = any(part.report.impossible for part in parts)
     if calibration_part is not None:
         calibration = calibration_part.examples
         calibration_words = f"calibration file {calibration_part.spec}"
-    elif has_unanswerable and cfg.calibration_fraction > 0:
-        kept_parts, held, titles = [], [], []
-        for part in parts:
-            chosen = holdout_articles(part.examples, cfg.calibration_fraction, cfg.seed,
-                                      str(part.spec))
-            kept_parts.append(_Loaded(part.spec, part.file,
-                                      [e for e in part.examples if e.article not in chosen],
-                                      part.report))
-            held.extend(e for e in part.examples if e.article in chosen)
-            named = {e.article: e.title for e in part.examples if e.article in chosen}
-            titles.extend(f"{part.spec.name}#{i} {named[i]}" for i in sorted(named))
-        parts = kept_parts
-        if held:
-            calibration = held
-            calibration_words = (f"{len(titles)} training articles held out of training "
-                                 f"({', '.join(titles)})")
+    elif cfg.calibration_fraction == 0:
+        calibration_words = "calibration_fraction is 0"
+    elif not any(part.report.impossible and any(e.is_impossible for e in part.examples)
+                 for part in parts):  # the parse report first: SQuAD 1.1 reads no examples
+        calibration_words = "the training data has no unanswerable questions"
+    else:
+        parts, calibration, calibration_words = _hold_out(cfg, parts)
     train = _union(parts)
     train_words = " + ".join(str(part.spec) for part in parts)
     if cfg.max_train_samples is not None and cfg.max_train_samples < len(train):
@@ -154,7 +146,41 @@ def _select_training(cfg: Config, parts: list[_Loaded], calibration_part: _Loade
         calibration = stratified_sample(calibration, cfg.max_calibration_samples, cfg.seed,
                                         "calibration")
         calibration_words += f", a seeded sample of {len(calibration)} questions"
+    missing = {True, False} - {e.is_impossible for e in calibration or ()}
+    if calibration is not None and missing:  # no threshold can be tuned on one kind
+        calibration_words += (f" has no {'unanswerable' if True in missing else 'answerable'} "
+                              f"questions (of its {len(calibration)})")
+        calibration = None
     return train, calibration, train_words, calibration_words
+
+
+def _hold_out(cfg: Config, parts: list[_Loaded]
+              ) -> tuple[list[_Loaded], Sequence[Example] | None, str]:
+    """(each training file less its held-out articles and any paragraph they share with
+    other articles, the held-out questions, them in words), or (the files as they are, None,
+    why nothing is held out): the held-out part needs both kinds of question."""
+    chosen = [holdout_articles(part.examples, cfg.calibration_fraction, cfg.seed,
+                               str(part.spec)) for part in parts]
+    held = [e for part, c in zip(parts, chosen, strict=True) for e in part.examples
+            if e.article in c]
+    if {e.is_impossible for e in held} != {True, False}:
+        if all(len({e.article for e in part.examples}) < 2 for part in parts):
+            return parts, None, ("each training file has a single article, and only whole "
+                                 "articles are held out; --calibration-file names other data")
+        return parts, None, ("no choice of whole training articles has both answerable and "
+                             "unanswerable questions and leaves each file an article to train "
+                             "on; --calibration-file names other data")
+    contexts = {e.context for e in held}  # whole articles, and no paragraph seen in training
+    kept = [_Loaded(part.spec, part.file, [e for e in part.examples if e.article not in c
+                                           and e.context not in contexts], part.report)
+            for part, c in zip(parts, chosen, strict=True)]
+    titles = [f"{part.spec.name}#{i} {e.title}" for part, c in zip(parts, chosen, strict=True)
+              for i, e in sorted({e.article: e for e in part.examples if e.article in c}.items())]
+    words = f"{len(titles)} training articles held out of training ({', '.join(titles)})"
+    shared = sum(len(p.examples) for p in parts) - len(held) - sum(len(p.examples) for p in kept)
+    if shared:
+        words += f"; {shared} questions of other articles share their paragraphs, not trained on"
+    return kept, held, words
 
 
 def _selection_key(files: Sequence[FetchedFile], specs: Sequence[FileSpec],
@@ -171,8 +197,10 @@ def prepare(cfg: Config, tokenizer: Any = None, *, splits: tuple[str, ...] = ("t
     train: the union of the training files, less the articles held out for calibration (a
     seeded fraction of each file when the data has unanswerable questions, unless a
     calibration file is given), then a seeded stratified sample when max_train_samples is set.
-    calibration (only with train): those held-out questions. dev: the dev file's questions
-    (the first max_eval_samples).
+    calibration (only with train): those held-out questions, when they have both answerable
+    and unanswerable ones. dev: the dev file's questions (the first max_eval_samples).
+    Calibration questions that share an id or a paragraph with the dev questions are a
+    ConfigError; with the training questions, a warning and `overlap_with_train`.
     """
     if tokenizer is None:
         from squadft.modeling import load_tokenizer
@@ -184,12 +212,20 @@ def prepare(cfg: Config, tokenizer: Any = None, *, splits: tuple[str, ...] = ("t
     remove_leftovers(cache / "features", cache / "examples")
     remove_leftovers(cache / "downloads", recursive=True)
     fetched, loaded = _pull_and_parse(cfg, splits, verbose)
-    selected = _choose_questions(cfg, fetched, loaded)
+    selected, no_calibration = _choose_questions(cfg, fetched, loaded)
+    trained_on = _check_held_out(selected)  # before the slow part
+    if trained_on and verbose:
+        calibration, words, _ = selected["calibration"]
+        warn(f"{trained_on} of the {len(calibration)} calibration questions ({words}) share "
+             "an id or a paragraph with the training questions: the threshold is tuned on "
+             "questions the model trained on")
     prepared = {split: _tokenize(cfg, tokenizer, split, chosen, loaded, verbose)
                 for split, chosen in selected.items()}
     data = PreparedData(prepared.get("train"), prepared.get("dev"), prepared.get("calibration"))
+    if data.calibration is not None:
+        data.calibration.overlap_with_train = trained_on
     if verbose:
-        _say_kind(cfg, data)
+        _say_kind(data, no_calibration)
     return data
 
 
@@ -214,14 +250,18 @@ Chosen = tuple[Sequence[Example], str, str]
 
 
 def _choose_questions(cfg: Config, fetched: dict[str, list[FetchedFile]],
-                      loaded: dict[str, list[_Loaded]]) -> dict[str, Chosen]:
+                      loaded: dict[str, list[_Loaded]]) -> tuple[dict[str, Chosen], str]:
+    """The questions of each split, and why there is no calibration split when there is
+    none (with training)."""
     selected: dict[str, Chosen] = {}
+    no_calibration = ""
     if "train" in loaded:
         calibration_part = loaded["calibration"][0] if "calibration" in loaded else None
         train, calibration, train_words, calibration_words = _select_training(
             cfg, loaded["train"], calibration_part)
         train_specs = [p.spec for p in loaded["train"]]
-        choices = {"holdout": [cfg.calibration_fraction, cfg.seed]
+        # "both kinds": the holdout rule (earlier holdouts could lack unanswerable questions)
+        choices = {"holdout": [cfg.calibration_fraction, cfg.seed, "both kinds"]
                    if calibration_part is None else None}
         selected["train"] = (train, train_words, _selection_key(
             fetched["train"], train_specs, **choices, sample=[cfg.max_train_samples, cfg.seed]))
@@ -231,6 +271,8 @@ def _choose_questions(cfg: Config, fetched: dict[str, list[FetchedFile]],
                 calibration=[str(calibration_part.spec), calibration_part.file.sha256]
                 if calibration_part else None,
                 sample=[cfg.max_calibration_samples, cfg.seed]))
+        else:
+            no_calibration = calibration_words
     if "dev" in loaded:
         part = loaded["dev"][0]
         dev = part.examples
@@ -240,7 +282,22 @@ def _choose_questions(cfg: Config, fetched: dict[str, list[FetchedFile]],
             words += f", the first {len(dev)} questions"
         selected["dev"] = (dev, words, _selection_key(fetched["dev"], [part.spec],
                                                       first=cfg.max_eval_samples))
-    return selected
+    return selected, no_calibration
+
+
+def _check_held_out(selected: dict[str, Chosen]) -> int:
+    """Calibration questions sharing an id or a paragraph with the dev questions are a
+    ConfigError (the threshold would be tuned on the questions it is scored on); returns how
+    many share one with the training questions."""
+    if "calibration" not in selected:
+        return 0
+    calibration, words, _ = selected["calibration"]
+    if "dev" in selected and (shared := overlap(calibration, selected["dev"][0])):
+        raise ConfigError(
+            f"{shared} of the {len(calibration)} calibration questions ({words}) share an id "
+            f"or a paragraph with the dev questions ({selected['dev'][1]}): the threshold "
+            "would be tuned on the questions it is scored on; calibrate on other articles")
+    return overlap(calibration, selected["train"][0])
 
 
 def _tokenize(cfg: Config, tokenizer: Any, split: str, chosen: Chosen,
@@ -263,11 +320,9 @@ def _tokenize(cfg: Config, tokenizer: Any, split: str, chosen: Chosen,
                          [p.report for p in parts], features, feature_report, hit, words)
 
 
-def _say_kind(cfg: Config, data: PreparedData) -> None:
+def _say_kind(data: PreparedData, no_calibration: str) -> None:
     say("data is SQuAD 2.0 (detected: unanswerable questions present)" if data.is_v2
         else "data is SQuAD 1.1 (no unanswerable questions)")
     if data.train is not None and data.calibration is None:
-        say("no-answer threshold: no calibration set (" + (
-            "calibration_fraction is 0" if cfg.calibration_fraction == 0 else
-            "the training data has no unanswerable questions") + "); evaluation uses 0 "
-            "unless --null-threshold is given")
+        say(f"no-answer threshold: no calibration set ({no_calibration}), so none is "
+            "calibrated; evaluation uses the default, 0, unless --null-threshold is given")

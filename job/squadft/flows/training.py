@@ -9,9 +9,11 @@ restored, the process group is torn down.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +23,31 @@ from squadft.errors import StorageError
 from squadft.evaluate.calibration import INFERENCE_FILE, Calibration, InferenceSettings
 from squadft.flows.evaluation import calibrate_model, evaluate_dev
 from squadft.flows.preparation import PreparedData, PreparedSplit, prepare, remove_leftovers
-from squadft.io import ensure_writable_dir, uninterruptible
+from squadft.io import atomic_write_json, ensure_writable_dir, uninterruptible
 from squadft.modeling import check_window, load_model, load_tokenizer
 from squadft.runtime.distributed import (
     DistributedContext,
     barrier,
+    broadcast_from_main,
     cleanup,
     prepare_in_turn,
     setup_distributed,
 )
 from squadft.runtime.preemption import PreemptionWatcher
-from squadft.train.checkpoint import RemoteFinder, add_to_final, check_resume_path, seed_everything
-from squadft.train.loop import OnCheckpoint, TrainResult, train_model
+from squadft.storage.manifest import manifest_problem, read_manifest
+from squadft.train.checkpoint import (
+    RemoteFinder,
+    add_to_final,
+    check_resume_path,
+    list_checkpoints,
+    seed_everything,
+)
+from squadft.train.loop import HeldOutEvaluator, OnCheckpoint, TrainResult, train_model
 from squadft.train.tracking import FINISHED, MetricsLogger
+
+# Written last, once a run has trained, saved final/, calibrated and evaluated: its settings
+# and result. A run started again with the same settings (--resume auto) then has nothing to do.
+FINISHED_FILE = "finished.json"
 
 
 def train(cfg: Config, *, on_checkpoint: OnCheckpoint | None = None,
@@ -47,6 +61,9 @@ def train(cfg: Config, *, on_checkpoint: OnCheckpoint | None = None,
     with ExitStack() as stack:
         ctx = setup_distributed(device=cfg.device)
         stack.callback(cleanup, ctx)
+        done = broadcast_from_main(ctx, finished_run(cfg) if ctx.is_main else None)
+        if done is not None:  # before any model, data or tracker is loaded
+            return done
         watcher = PreemptionWatcher()  # installed for training, kept through the evaluation
         stack.callback(watcher.uninstall)
         _check_output(cfg, ctx)
@@ -60,7 +77,7 @@ def train(cfg: Config, *, on_checkpoint: OnCheckpoint | None = None,
             result = train_model(cfg, model, tokenizer, data.train.features, ctx,
                                  on_checkpoint=uploads.on_checkpoint,
                                  remote_finder=uploads.remote_finder, watcher=watcher,
-                                 metrics=metrics)
+                                 metrics=metrics, held_out=held_out_evaluator(cfg, ctx, data))
             # final/ is on disk before calibration and evaluation start: a crash in either
             # loses no training, and final/ is uploaded (uncalibrated) even then
             watcher.activity = "calibration"
@@ -70,10 +87,23 @@ def train(cfg: Config, *, on_checkpoint: OnCheckpoint | None = None,
         _say_trained(ctx, result)
         if cfg.do_eval and data.dev is not None:
             watcher.activity = "final evaluation"
-            evaluate_dev(cfg, model, data.dev, ctx, result.steps, calibration, metrics)
+            evaluate_dev(cfg, model, data.dev, ctx, result.steps, calibration, metrics,
+                         result.selection)
         metrics.close(FINISHED)
+        _mark_finished(cfg, ctx, result)
         barrier(ctx)  # nobody tears the group down while a peer is still in a collective
         return result
+
+
+def held_out_evaluator(cfg: Config, ctx: DistributedContext, data: PreparedData
+                       ) -> HeldOutEvaluator | None:
+    """Evaluations during training, on the held-out articles (None without them)."""
+    split = data.calibration
+    if split is None:
+        return None
+    return lambda model, step: calibrate_model(
+        model, split.examples, split.features, cfg=cfg, device=ctx.device,
+        source=split.selection, overlap_with_train=split.overlap_with_train, step=step)
 
 
 def _check_output(cfg: Config, ctx: DistributedContext) -> None:
@@ -84,7 +114,54 @@ def _check_output(cfg: Config, ctx: DistributedContext) -> None:
         check_resume_path(cfg.resume, hashes=False)
         ensure_writable_dir(output_dir)  # fail now, not after hours of training
         remove_leftovers(output_dir, output_dir / "final")
+        (output_dir / FINISHED_FILE).unlink(missing_ok=True)  # not finished until it is again
         cfg.save(output_dir)
+
+
+def finished_run(cfg: Config) -> TrainResult | None:
+    """Rank 0: the result of the run that finished in cfg.output_dir with these settings (its
+    FINISHED_FILE, and final/ complete at its step), said with what to do instead; None when
+    there is none, when --resume is not auto, or the settings differ (that run continues)."""
+    output_dir = Path(cfg.output_dir)
+    try:
+        done = json.loads((output_dir / FINISHED_FILE).read_text(encoding="utf-8"))
+        known = {f.name for f in dataclasses.fields(TrainResult)}
+        result = TrainResult(**{k: v for k, v in done["result"].items() if k in known})
+        saved = dict(done["config"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    manifest = read_manifest(output_dir / "final")
+    current = cfg.to_dict(redact=True)
+    if (cfg.resume != "auto" or manifest is None or manifest.step != result.steps
+            or manifest_problem(output_dir / "final", hashes=False) is not None
+            or any(saved[k] != v for k, v in current.items()
+                   if k in saved and k not in ("output_dir", "resume"))):
+        return None
+    evaluated = ", evaluated (eval_results.json)" if cfg.do_eval else ""
+    checkpoints = list_checkpoints(output_dir)
+    further = (f"; to train longer, raise --epochs or --max-steps (it continues from "
+               f"{checkpoints[0].name})" if checkpoints else "")
+    say(f"{output_dir} holds this run, finished: final/ at step {result.steps}{evaluated}; "
+        f"nothing is trained or evaluated again. To start over, delete {output_dir} or pass "
+        f"another --output-dir{further}.")
+    return result
+
+
+def _mark_finished(cfg: Config, ctx: DistributedContext, result: TrainResult) -> None:
+    """Rank 0: FINISHED_FILE, and where the model is and what the checkpoints left cost."""
+    if not ctx.is_main:
+        return
+    output_dir = Path(cfg.output_dir)
+    atomic_write_json(output_dir / FINISHED_FILE,
+                      {"config": cfg.to_dict(redact=True), "result": asdict(result)})
+    kept = [p for p in list_checkpoints(output_dir) if p.is_dir()]
+    size = sum(f.stat().st_size for p in kept for f in p.rglob("*") if f.is_file()) / 1e6
+    names = ", ".join(str(p) for p in reversed(kept))
+    one = len(kept) == 1
+    left = (f"; {names} ({size:,.0f} MB) {'is' if one else 'are'} kept only to train further "
+            f"(with the optimizer state): delete {'it' if one else 'them'} if you will not"
+            if kept else "")
+    say(f"finished: model in {result.final_dir}{left}")
 
 
 def _prepare(cfg: Config, ctx: DistributedContext) -> tuple[Any, PreparedData]:
@@ -174,11 +251,17 @@ def finish_model(cfg: Config, model: Any, calibration_split: PreparedSplit | Non
     inference settings into final/, and hand final/ to the uploader (also when calibrating
     fails: the trained weights must reach the bucket either way)."""
     calibration = None
+    chosen = (result.selection or {}).get("calibration")
     try:
-        if calibration_split is not None:
+        if chosen is not None:  # evaluated during training: the chosen weights' calibration
+            calibration = Calibration(**chosen)
+            if ctx.is_main:
+                say(calibration.summary())
+        elif calibration_split is not None:
             calibration = calibrate_model(
                 model, calibration_split.examples, calibration_split.features, cfg=cfg,
-                device=ctx.device, source=calibration_split.selection)
+                device=ctx.device, source=calibration_split.selection,
+                overlap_with_train=calibration_split.overlap_with_train)
             if ctx.is_main:
                 say(calibration.summary())
     finally:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from squadft.report.runs import BREAKDOWN_LABELS, Evaluation, Run, ThresholdCurve, is_number, num
+from squadft.report.runs import BREAKDOWN_LABELS, Evaluation, Run, is_number, num
 
 _FIGSIZE = (6.4, 3.6)
 _DPI = 100
@@ -43,6 +43,12 @@ def _color(i: int) -> str:
     return f"C{i % 10}"
 
 
+def _plain(text: Any) -> str:
+    """Text from the run as matplotlib draws it: a `$` as itself, not the start of math text
+    (where "$MODEL_$LR" is a syntax error)."""
+    return str(text).replace("$", r"\$")
+
+
 def _legend(ax: Any, runs: Sequence[Run], **kwargs: Any) -> None:
     if len(runs) > 1:  # one run: the title says it all
         ax.legend(fontsize=8, **kwargs)
@@ -63,14 +69,17 @@ def training_figures(runs: Sequence[Run]) -> list[tuple[str, str, Any]]:
         ax = fig.add_subplot()
         for i, run, (x, y) in series:
             if len(x):
-                ax.plot(x, y, color=_color(i), label=run.label, marker="." if len(x) < 40
-                        else None)
+                ax.plot(x, y, color=_color(i), label=_plain(run.label),
+                        marker="." if len(x) < 40 else None)
         ax.set(title=title, xlabel="step", ylabel=ylabel)
         if key == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         ax.grid(alpha=0.3)
         _legend(ax, runs)
         out.append((fig_id, title, fig))
+    figure = held_out_figure(runs)
+    if figure is not None:
+        out.append(("heldout", "F1 on the held-out articles during training", figure))
     # throughput: tokens/s above samples/s, one colour per run
     series = [(i, r, r.log.series("tokens_per_s"), r.log.series("samples_per_s"))  # type: ignore[union-attr]
               for i, r in logged]
@@ -78,8 +87,8 @@ def training_figures(runs: Sequence[Run]) -> list[tuple[str, str, Any]]:
         fig = _figure()
         top, bottom = fig.subplots(2, 1, sharex=True)
         for i, run, (tx, ty), (sx, sy) in series:
-            top.plot(tx, ty, color=_color(i), label=run.label)
-            bottom.plot(sx, sy, color=_color(i), label=run.label)
+            top.plot(tx, ty, color=_color(i), label=_plain(run.label))
+            bottom.plot(sx, sy, color=_color(i), label=_plain(run.label))
         top.set(title="Throughput", ylabel="tokens/s")
         bottom.set(ylabel="samples/s", xlabel="step")
         for ax in (top, bottom):
@@ -88,6 +97,32 @@ def training_figures(runs: Sequence[Run]) -> list[tuple[str, str, Any]]:
         _legend(top, runs)
         out.append(("throughput", "Throughput", fig))
     return out
+
+
+def held_out_figure(runs: Sequence[Run]) -> Any:
+    """Held-out F1 (each evaluation at its own calibrated threshold) per run, with "always no
+    answer" dotted and the step chosen for final/ ringed; None when no run evaluated."""
+    curves = [(i, r, r.log.held_out_series("f1")) for i, r in enumerate(runs)
+              if r.log is not None and r.log.held_out]
+    if not curves:
+        return None
+    fig = _figure()
+    ax = fig.add_subplot()
+    for i, run, (x, y) in curves:
+        ax.plot(x, y, color=_color(i), marker=".", label=_plain(run.label))
+        baseline = run.log.held_out_series("always_no_answer_f1")  # type: ignore[union-attr]
+        if len(baseline[0]):
+            ax.plot(*baseline, color=_color(i), linestyle=":", alpha=0.7)
+        selection = (run.train_results or {}).get("selection")
+        chosen = selection.get("chosen_step") if isinstance(selection, dict) else None
+        if is_number(chosen) and chosen in x:
+            ax.plot([chosen], [y[list(x).index(chosen)]], "o", markersize=12,
+                    markerfacecolor="none", color=_color(i))
+    ax.set(title="F1 on the held-out articles (dotted: always no answer)", xlabel="step",
+           ylabel="F1")
+    ax.grid(alpha=0.3)
+    _legend(ax, runs)
+    return fig
 
 
 def threshold_figure(runs: Sequence[Run]) -> Any:
@@ -112,7 +147,7 @@ def threshold_figure(runs: Sequence[Run]) -> Any:
     pad = max(0.5, 0.05 * (high - low))
     low, high = low - pad, high + pad
     for i, run, evaluation in curved:
-        name = f"{run.label}: " if len(runs) > 1 else ""
+        name = f"{_plain(run.label)}: " if len(runs) > 1 else ""
         curve = evaluation.curve
         assert curve is not None
         color = _color(i)
@@ -126,7 +161,8 @@ def threshold_figure(runs: Sequence[Run]) -> Any:
                                                           else first]])
             ax.plot(x, y, drawstyle="steps-post", color=color, linestyle=style,
                     linewidth=1.6 if metric == "F1" else 1.2, label=f"{name}{metric}")
-        _mark_thresholds(ax, evaluation, curve, color, name, (low, high))
+        # an infinite threshold (answer nothing / everything) inside the plot, off the axis
+        _mark_thresholds(ax, evaluation, color, name, (low + pad / 2, high - pad / 2))
         if i == curved[0][0]:  # the baseline once (of the first run's questions)
             always = evaluation.results.get("always_no_answer_f1")
             if is_number(always):
@@ -143,30 +179,54 @@ def threshold_figure(runs: Sequence[Run]) -> Any:
     return fig
 
 
-def _mark_thresholds(ax: Any, evaluation: Evaluation, curve: ThresholdCurve, color: str,
-                     name: str, bounds: tuple[float, float]) -> None:
-    """The threshold in effect (dot), the official oracle (star) and the curve's own maximum
-    where it is higher (triangle), drawn at the edge of `bounds` when outside."""
-    low, high = bounds
-    threshold = evaluation.threshold
-    if threshold is not None:
-        exact, f1 = curve.at(threshold)
-        kind = evaluation.results.get("null_threshold_kind", "in effect")
-        ax.axvline(threshold, color=color, linestyle=":", linewidth=1.2)
-        ax.plot([threshold], [f1], marker="o", color=color, markersize=7,
-                label=f"{name}threshold in effect ({kind}) {threshold:.3g}: "
-                      f"F1 {f1:.2f}, EM {exact:.2f}")
-    oracle = evaluation.oracle_threshold
-    best_f1 = evaluation.results.get("best_f1")
+def threshold_marks(evaluation: Evaluation) -> dict[str, tuple[float, float]]:
+    """(threshold, F1) of the points marked on a run's threshold curve, by kind: "in effect"
+    (dot), "oracle" (star: best_f1_thresh as a score difference and best_f1), "maximum"
+    (triangle: the curve's own maximum, where it is above the oracle). A threshold may be
+    infinite (answer nothing / everything)."""
+    curve = evaluation.curve
+    marks: dict[str, tuple[float, float]] = {}
+    if curve is None:
+        return marks
+    if evaluation.threshold is not None:
+        marks["in effect"] = (evaluation.threshold, curve.at(evaluation.threshold)[1])
+    oracle, best_f1 = evaluation.oracle_threshold, evaluation.results.get("best_f1")
     if oracle is not None and is_number(best_f1):
-        shown = min(max(oracle, low), high)  # -inf ("answer nothing"): the left edge
-        where = f"{oracle:.3g}" if math.isfinite(oracle) else "answer nothing"
-        ax.plot([shown], [best_f1], marker="*", color=color, markersize=13,
-                markeredgecolor="black", linestyle="none", clip_on=False,
-                label=f"{name}oracle (tuned on these questions) {where}: F1 {best_f1:.2f}")
+        marks["oracle"] = (oracle, float(best_f1))
     top_f1, top_at = curve.best()
     if is_number(best_f1) and top_f1 > best_f1 + 0.005 and math.isfinite(top_at):
-        ax.plot([min(max(top_at, low), high)], [top_f1], marker="^", color=color,
+        marks["maximum"] = (top_at, top_f1)
+    return marks
+
+
+def _mark_thresholds(ax: Any, evaluation: Evaluation, color: str, name: str,
+                     inner: tuple[float, float]) -> None:
+    """The `threshold_marks`: dot, star and triangle, drawn within `inner` (a threshold
+    outside it, such as an infinite one, at its edge)."""
+    marks = threshold_marks(evaluation)
+
+    def shown(t: float) -> float:
+        return min(max(t, inner[0]), inner[1])
+
+    if "in effect" in marks:
+        threshold, f1 = marks["in effect"]
+        exact = evaluation.curve.at(threshold)[0]  # type: ignore[union-attr]
+        kind = _plain(evaluation.results.get("null_threshold_kind", "in effect"))
+        if math.isfinite(threshold):
+            ax.axvline(threshold, color=color, linestyle=":", linewidth=1.2)
+        ax.plot([shown(threshold)], [f1], marker="o", color=color, markersize=7,
+                label=f"{name}threshold in effect ({kind}) {threshold:.3g}: "
+                      f"F1 {f1:.2f}, EM {exact:.2f}")
+    if "oracle" in marks:
+        oracle, best_f1 = marks["oracle"]
+        where = f"{oracle:.3g}" if math.isfinite(oracle) else (
+            "answer nothing" if oracle < 0 else "answer everything")
+        ax.plot([shown(oracle)], [best_f1], marker="*", color=color, markersize=13,
+                markeredgecolor="black", linestyle="none",
+                label=f"{name}oracle (tuned on these questions) {where}: F1 {best_f1:.2f}")
+    if "maximum" in marks:
+        top_at, top_f1 = marks["maximum"]
+        ax.plot([shown(top_at)], [top_f1], marker="^", color=color,
                 markersize=8, markeredgecolor="black", linestyle="none",
                 label=f"{name}curve maximum {top_at:.3g}: F1 {top_f1:.2f}")
 
@@ -205,7 +265,7 @@ def answerability_figure(runs: Sequence[Run]) -> Any:
         bars: list[tuple[str, Sequence[float], str]] = []
         for i, run, results in scored:
             values = [num(results.get(keys[g] + metric)) for g in groups]
-            label = run.label if len(runs) > 1 else "at the threshold in effect"
+            label = _plain(run.label) if len(runs) > 1 else "at the threshold in effect"
             bars.append((label, values, _color(i)))
         # EM = F1 for "always no answer" (the eval line of metrics.jsonl has only the F1)
         always = num(results0.get(f"always_no_answer_{metric}",
@@ -236,7 +296,7 @@ def breakdown_figure(runs: Sequence[Run], which: str) -> Any:
     ticks = [f"{label}\nn={counts[0][label]}" if same else label for label in labels]
     fig = _figure((9.6, 3.6))
     ax = fig.add_subplot()
-    bars = [(run.label, [b.f1.get(label, math.nan) for label in labels], _color(i))
+    bars = [(_plain(run.label), [b.f1.get(label, math.nan) for label in labels], _color(i))
             for i, run, b in parts]
     _grouped_bars(ax, ticks, bars)
     what = "question word" if which == "word" else "gold answer length in words"

@@ -37,11 +37,17 @@ code{background:#f4f4f6;padding:0 3px}
 """
 _THRESHOLD_CAPTION = (
     "Each question is answered with its best span when null score - best span score is at most "
-    "the threshold, else with \"\". Dot: the threshold in effect (its values are "
-    "eval_results.json's exact and f1); star: the official oracle best_f1 (threshold tuned on "
-    "these questions, sweeping predictions.json, which already answers \"\" above the threshold "
-    "in effect); triangle: the curve's own maximum where it is higher (also tuned on these "
-    "questions).")
+    "the threshold, else with \"\".")
+# what each marker of `figures.threshold_marks` is, as the caption says it
+_MARKERS = {
+    "in effect": "Dot: the threshold in effect (its values are eval_results.json's exact and "
+                 "f1).",
+    "oracle": "Star: the official oracle best_f1 (threshold tuned on these questions, "
+              "sweeping predictions.json, which already answers \"\" above the threshold in "
+              "effect); at the edge of the plot when it answers nothing (or everything).",
+    "maximum": "Triangle: the curve's own maximum where it is higher than the star (also "
+               "tuned on these questions).",
+}
 _ANSWERABILITY_CAPTION = (
     "HasAns: questions with an answer; NoAns: unanswerable ones. \"Always no answer\" scores "
     "the unanswerable share overall, 0 on HasAns, 100 on NoAns.")
@@ -128,8 +134,7 @@ def _results_pair(run: Run, first: str, second: str) -> str:
 
 
 def _metrics_rows(runs: Sequence[Run]) -> list[tuple[str, list[str]]]:
-    return [
-        ("status", [r.status for r in runs]),
+    return [  # (the status is the line above the table)
         ("steps (last logged)", [_last_logged(r, "step") for r in runs]),
         ("epoch (last logged)", [_last_logged(r, "epoch") for r in runs]),
         ("loss (last logged)", [_last_logged(r, "loss") for r in runs]),
@@ -168,18 +173,30 @@ def _settings_rows(runs: Sequence[Run]) -> list[tuple[str, list[str]]]:
 
 
 def _errors_html(run: Run, count: int) -> str:
+    """The worst errors of both kinds: answerable questions missed or answered wrong, and
+    unanswerable questions given an answer."""
     evaluation = run.evaluation
     if evaluation is None or evaluation.gold is None:
         return ""
-    rows = tables.worst_errors(evaluation, count)
-    wrong = sum(1 for v in evaluation.f1.values() if v < 1.0)
-    head = (f"<p>{wrong} of {len(evaluation.gold)} questions score below F1 100 at the "
-            f"threshold in effect; the {len(rows)} worst (lowest F1, then the most confident: "
-            "farthest from the threshold) follow. The score diff is null score - best span "
-            "score; above the threshold the answer is \"\".</p>")
-    if not rows:
-        return head
-    threshold = evaluation.threshold
+    missed, answered = tables.worst_errors(evaluation, count)
+    has_ans, no_ans = tables.answerability_counts(evaluation.gold)
+    wrong = [q for q, f1 in evaluation.f1.items() if f1 < 1.0]
+    wrong_has = sum(1 for q in wrong if evaluation.gold[q])
+    parts = [f"<p>{len(wrong)} of {len(evaluation.gold)} questions score below F1 100 at the "
+             f"threshold in effect: {wrong_has} of the {has_ans} answerable ones are missed or "
+             f"answered wrong, {len(wrong) - wrong_has} of the {no_ans} unanswerable ones are "
+             "given an answer. The worst of each kind follow (lowest F1, then the most "
+             "confident: farthest from the threshold). The score diff is null score - best "
+             "span score; above the threshold the answer is \"\".</p>"]
+    for title, rows, total in (
+            ("Answerable questions missed or answered wrong", missed, wrong_has),
+            ("Unanswerable questions given an answer", answered, len(wrong) - wrong_has)):
+        parts.append(f"<h3>{title} ({len(rows)} of {total})</h3>")
+        parts.append(_errors_table(rows, evaluation.threshold) if rows else "<p>None.</p>")
+    return "".join(parts)
+
+
+def _errors_table(rows: Sequence[tables.ErrorRow], threshold: float | None) -> str:
     body = ['<table class="errors"><tr><th>#</th><th>question</th><th>gold</th>'
             "<th>prediction</th><th>score diff</th><th>F1</th><th>error</th></tr>"]
     for n, row in enumerate(rows, start=1):
@@ -198,7 +215,7 @@ def _errors_html(run: Run, count: int) -> str:
                     f"<td>{prediction}</td><td class=\"num\">{diff}</td>"
                     f"<td class=\"num\">{100 * row.f1:.1f}</td><td>{esc(row.kind)}</td></tr>")
     body.append("</table>")
-    return head + "".join(body)
+    return "".join(body)
 
 
 def _thresholds_html(run: Run, several: bool) -> str:
@@ -235,9 +252,9 @@ def render_html(runs: Sequence[Run], *, errors: int = DEFAULT_ERRORS) -> str:
         parts.append(f"<p><b>{esc(prefix)}</b>{esc(run.status)}</p>")
         for note in run.notes:
             parts.append(f'<div class="note">{esc(prefix + note)}</div>')
-    header = ["", *[r.label for r in runs]] if len(runs) > 1 else ["", "value"]
+    columns = [r.label for r in runs] if len(runs) > 1 else ["value"]
     parts.append('<h2 id="metrics">Metrics</h2>')
-    parts.append(_table(header, _metrics_rows(runs), "metrics"))
+    parts.append(_table(["metric", *columns], _metrics_rows(runs), "metrics"))
     parts.append("<p class=\"muted\">EM/F1: official SQuAD 2.0 scores at the no-answer "
                  "threshold in effect (fixed before the dev questions were seen: calibrated "
                  "on held-out training articles, given, or 0). The oracle is the official "
@@ -254,7 +271,7 @@ def render_html(runs: Sequence[Run], *, errors: int = DEFAULT_ERRORS) -> str:
     settings = _settings_rows(runs)
     if settings:
         parts.append('<h2 id="settings">Settings</h2>')
-        parts.append(_table(header, settings, "settings"))
+        parts.append(_table(["setting", *columns], settings, "settings"))
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -266,9 +283,13 @@ def _evaluation_html(runs: Sequence[Run], errors: int) -> list[str]:
         return [*parts, "<p>No evaluation yet: eval_results.json is missing (the run is still "
                 "training, or ran with --no-do-eval). Run <code>squadft evaluate</code>, "
                 "or report again when the run has finished.</p>"]
+    marked = {kind for r in runs if r.evaluation is not None
+              for kind in figures.threshold_marks(r.evaluation)}
+    threshold_caption = " ".join([_THRESHOLD_CAPTION, *(text for kind, text in _MARKERS.items()
+                                                         if kind in marked)])
     for fig_id, title, draw, caption in (
             ("threshold", "EM and F1 against the no-answer threshold", figures.threshold_figure,
-             _THRESHOLD_CAPTION),
+             threshold_caption),
             ("answerability", "HasAns / NoAns against always no answer",
              figures.answerability_figure, _ANSWERABILITY_CAPTION)):
         fig = draw(runs)

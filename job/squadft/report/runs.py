@@ -32,7 +32,7 @@ from squadft.data.selection import select_raw_articles
 from squadft.errors import ConfigError, DataError
 from squadft.evaluate.gold import gold_from_squad
 from squadft.evaluate.squad_metrics import raw_scores
-from squadft.filespec import FileSpec, parse_file_spec
+from squadft.filespec import FileSpec, parse_file_spec, parse_local_spec
 from squadft.io import read_json_file
 
 METRICS_FILE = "metrics.jsonl"  # as squadft.train.loop writes it (not imported: no torch here)
@@ -68,6 +68,15 @@ class TrainingLog:
     evals: list[dict[str, Any]]  # {"step": N, "eval": {...}} lines
     bad_lines: list[int] = field(default_factory=list)  # 1-based numbers of unreadable lines
     partial_last_line: bool = False  # the last line is unterminated and unreadable
+    # {"step": N, "heldout": {...}} lines: evaluations on the held-out articles, step order
+    held_out: list[dict[str, Any]] = field(default_factory=list)
+
+    def held_out_series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of the held-out evaluations with a finite number for `key`."""
+        pairs = [(r["step"], r["heldout"][key]) for r in self.held_out
+                 if is_number(r["heldout"].get(key)) and math.isfinite(r["heldout"][key])]
+        steps, values = zip(*pairs, strict=True) if pairs else ((), ())
+        return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of the records that have a finite number for `key`."""
@@ -100,6 +109,7 @@ def read_metrics(path: str | Path) -> TrainingLog:
     if not unterminated:
         lines.pop()
     by_step: dict[int, dict[str, Any]] = {}
+    held_out: dict[int, dict[str, Any]] = {}
     evals: list[dict[str, Any]] = []
     bad: list[int] = []
     for number, line in enumerate(lines, start=1):
@@ -109,14 +119,17 @@ def read_metrics(path: str | Path) -> TrainingLog:
             record = json.loads(line.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             record = None
-        if not isinstance(record, dict) or not is_number(record.get("step")):
+        if not isinstance(record, dict) or not math.isfinite(num(record.get("step"))):
             bad.append(number)
         elif isinstance(record.get("eval"), dict):
             evals.append(record)
+        elif isinstance(record.get("heldout"), dict):
+            held_out[int(record["step"])] = record
         else:
             by_step[int(record["step"])] = record
     partial = unterminated and bool(bad) and bad[-1] == len(lines)
-    return TrainingLog([by_step[s] for s in sorted(by_step)], evals, bad, partial)
+    return TrainingLog([by_step[s] for s in sorted(by_step)], evals, bad, partial,
+                       [held_out[s] for s in sorted(held_out)])
 
 
 def best_spans_from_nbest(nbest: Mapping[str, Sequence[Mapping[str, Any]]]
@@ -330,14 +343,62 @@ class Run:
         return "; ".join(parts)
 
 
-def _read_optional_json(path: Path, notes: list[str]) -> Any:
+def _not_object(name: str, value: Any) -> str | None:
+    """A note when `value` is not a JSON object (None when it is)."""
+    if isinstance(value, dict):
+        return None
+    kind = "null" if value is None else type(value).__name__
+    return f"{name} a JSON {kind} where an object belongs; left out"
+
+
+def _read_object(run_dir: Path, name: str | Path, notes: list[str]) -> dict[str, Any] | None:
+    """The JSON object in run_dir/name; None (and a note) when it is missing, unreadable, or
+    not an object."""
+    path = run_dir / name
     if not path.is_file():
         return None
     try:
-        return read_json_file(path)
+        value = read_json_file(path)
     except DataError as exc:
         notes.append(f"{exc}; left out")
         return None
+    wrong = _not_object(f"{Path(name).as_posix()}:", value)
+    if wrong:
+        notes.append(wrong)
+        return None
+    return value
+
+
+def _check_calibration(inference: dict[str, Any], notes: list[str]) -> None:
+    """Drops a calibration (or its scores) that is not an object, with a note."""
+    calibration = inference.get("calibration")
+    where = f"{INFERENCE_PATH.as_posix()}: its calibration"
+    wrong = _not_object(where + " is", calibration) if calibration is not None else None
+    if not wrong and calibration is not None and calibration.get("scores") is not None:
+        wrong = _not_object(where + " scores are", calibration["scores"])
+    if wrong:
+        notes.append(wrong)
+        inference.pop("calibration")
+
+
+def _check_results(results: dict[str, Any], source: str, notes: list[str]) -> None:
+    """Drops a null_threshold that is no number and a best_f1_thresh that is no probability,
+    with a note: the figures and tables do without them."""
+    value = results.get("null_threshold")
+    if value is not None:
+        try:  # +-inf is written as a string ("inf") in eval_results.json
+            bad = math.isnan(float(value)) or isinstance(value, bool)
+        except (TypeError, ValueError):
+            bad = True
+        if bad:
+            notes.append(f"{source}: null_threshold is {value!r}, not a number; no threshold "
+                         "in effect")
+            results.pop("null_threshold")
+    value = results.get("best_f1_thresh")
+    if value is not None and not (is_number(value) and 0.0 <= value <= 1.0):
+        notes.append(f"{source}: best_f1_thresh is {value!r}, not a probability from 0 to 1; "
+                     "no oracle threshold")
+        results.pop("best_f1_thresh")
 
 
 def load_run(run_dir: str | Path, *, data: str | None = None, label: str | None = None) -> Run:
@@ -351,20 +412,24 @@ def load_run(run_dir: str | Path, *, data: str | None = None, label: str | None 
         raise ConfigError(f"{path} is not a squadft run directory (none of "
                           f"{', '.join(known)} is there)")
     run = Run(path=path, label=label or path.resolve().name or str(path))
-    run.config = _read_optional_json(path / CONFIG_FILE, run.notes)
+    run.config = _read_object(path, CONFIG_FILE, run.notes)
     if (path / METRICS_FILE).is_file():
         run.log = read_metrics(path / METRICS_FILE)
         run.notes.extend(run.log.notes())
     else:
         run.notes.append("no metrics.jsonl: no training curves")
-    run.train_results = _read_optional_json(path / TRAIN_RESULTS_FILE, run.notes)
-    run.inference = _read_optional_json(path / INFERENCE_PATH, run.notes)
-    results = _read_optional_json(path / RESULTS_FILE, run.notes)
-    if isinstance(results, dict):
+    run.train_results = _read_object(path, TRAIN_RESULTS_FILE, run.notes)
+    run.inference = _read_object(path, INFERENCE_PATH, run.notes)
+    if run.inference is not None:
+        _check_calibration(run.inference, run.notes)
+    results = _read_object(path, RESULTS_FILE, run.notes)
+    if results is not None:
         run.evaluation = Evaluation(results=results, from_file=True)
     elif run.log is not None and run.log.evals:
         run.evaluation = Evaluation(results=dict(run.log.evals[-1]["eval"]), from_file=False)
     if run.evaluation is not None:
+        _check_results(run.evaluation.results, RESULTS_FILE if run.evaluation.from_file
+                       else f"the eval line of {METRICS_FILE}", run.notes)
         _load_details(run, run.evaluation, data)
     return run
 
@@ -409,7 +474,7 @@ def find_dev_data(config: Mapping[str, Any] | None, data: str | None
         except ConfigError:
             run_spec = None
     if data is not None:
-        spec = parse_file_spec(data)
+        spec = parse_local_spec(data)
         if not spec.sliced and run_spec is not None and run_spec.sliced:
             spec = FileSpec(spec.name, run_spec.start, run_spec.stop)
         path = Path(spec.name)
@@ -455,8 +520,8 @@ def _load_details(run: Run, evaluation: Evaluation, data: str | None) -> None:
         return
     questions = {str(qa["id"]): str(qa.get("question", "")) for article in raw["data"]
                  for paragraph in article["paragraphs"] for qa in paragraph["qas"]}
-    predictions = _read_optional_json(run.path / PREDICTIONS_FILE, run.notes)
-    if not isinstance(predictions, dict):
+    predictions = _read_object(run.path, PREDICTIONS_FILE, run.notes)
+    if predictions is None:
         run.notes.append(f"no {PREDICTIONS_FILE}: no per-question figures")
         return
     if run.config and run.config.get("max_eval_samples") is not None:
@@ -487,8 +552,8 @@ def _score_questions(run: Run, evaluation: Evaluation, gold: dict[str, list[str]
         q: question_word(questions.get(q, "")) for q in gold}, QUESTION_WORDS)
     evaluation.by_length = breakdown(evaluation.f1, {
         q: answer_length_bucket(a) for q, a in gold.items()}, LENGTH_LABELS)
-    nbest = _read_optional_json(run.path / NBEST_FILE, run.notes)
-    if not isinstance(nbest, dict):
+    nbest = _read_object(run.path, NBEST_FILE, run.notes)
+    if nbest is None:
         run.notes.append(f"no {NBEST_FILE}: no threshold curve")
         return
     try:

@@ -180,11 +180,12 @@ class ErrorRow:
     kind: str
 
 
-def worst_errors(evaluation: Evaluation, count: int) -> list[ErrorRow]:
-    """The questions scored below F1 1 at the threshold in effect, the most confident first:
-    lowest F1, then farthest from the threshold on the wrong side."""
+def worst_errors(evaluation: Evaluation, count: int) -> tuple[list[ErrorRow], list[ErrorRow]]:
+    """The two kinds of SQuAD 2.0 error at the threshold in effect: (answerable questions
+    missed or answered wrong, unanswerable questions given an answer), the `count` worst of
+    each: lowest F1, then the most confident (farthest from the threshold)."""
     if evaluation.gold is None or evaluation.predictions is None or count <= 0:
-        return []
+        return [], []
     threshold = evaluation.threshold or 0.0
     rows = []
     for qid, answers in evaluation.gold.items():
@@ -206,4 +207,4 @@ def worst_errors(evaluation: Evaluation, count: int) -> list[ErrorRow]:
                              evaluation.best_spans.get(qid, ""), diff, f1, kind))
     rows.sort(key=lambda r: (r.f1, -(abs(r.diff - threshold) if math.isfinite(r.diff)
                                      else math.inf), r.qid))
-    return rows[:count]
+    return [r for r in rows if r.gold][:count], [r for r in rows if not r.gold][:count]

@@ -197,8 +197,7 @@ def resolve_device(requested: str = "auto", env: Mapping[str, str] | None = None
                       "pass --device cpu (SQUADFT_DEVICE=cpu) to run on the CPU on purpose")
 
 
-def setup_distributed(env: Mapping[str, str] | None = None, *,
-                      device: str = "auto",
+def setup_distributed(env: Mapping[str, str] | None = None, *, device: str = "auto",
                       timeout: timedelta = timedelta(minutes=30),
                       prepare_timeout: timedelta = PREPARE_TIMEOUT) -> DistributedContext:
     """Initialise the process group (NCCL on CUDA, gloo on CPU) when launched with >1 process.
@@ -218,14 +217,9 @@ def setup_distributed(env: Mapping[str, str] | None = None, *,
         if info.launcher == "slurm":
             os.environ.setdefault("MASTER_ADDR", str(info.master_addr))
             os.environ.setdefault("MASTER_PORT", str(info.master_port))
-        dist.init_process_group(
-            backend=backend,
-            init_method="env://",
-            rank=info.rank,
-            world_size=info.world_size,
-            timeout=timeout,
-            **({"device_id": torch_device} if cuda else {}),
-        )
+        dist.init_process_group(backend=backend, init_method="env://", rank=info.rank,
+                                world_size=info.world_size, timeout=timeout,
+                                **({"device_id": torch_device} if cuda else {}))
     cpu_group = dist.new_group(backend="gloo") if backend == "nccl" else None
     wait_group = dist.new_group(backend="gloo", timeout=prepare_timeout)
     return DistributedContext(info.rank, info.local_rank, info.world_size, torch_device,

@@ -17,7 +17,6 @@ anyway. The upload in flight is never interrupted (it becomes the fallback if th
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,11 +25,17 @@ from typing import TYPE_CHECKING, Any
 
 from squadft.console import say, warn
 from squadft.errors import ConfigError, StorageError
-from squadft.storage.manifest import MANIFEST_NAME, Manifest, verify_manifest
+from squadft.storage.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    step_from_dir_name,
+    verify_manifest,
+)
 from squadft.storage.s3 import (
     S3Location,
     S3Settings,
     UploadResult,
+    check_access,
     delete_keys,
     download_directory,
     list_keys,
@@ -45,8 +50,6 @@ if TYPE_CHECKING:
     from squadft.config import Config
 
 log = logging.getLogger(__name__)
-
-_CHECKPOINT_PREFIX = re.compile(r"checkpoint-(\d+)/")
 
 
 @dataclass(frozen=True)
@@ -68,12 +71,12 @@ def _checkpoint_candidates(client: Any, base: S3Location) -> list[tuple[int, S3L
         paginator = client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=base.bucket, Prefix=prefix, Delimiter="/"):
             for common in page.get("CommonPrefixes", []):
-                match = _CHECKPOINT_PREFIX.fullmatch(common["Prefix"][len(prefix):])
-                if match:
-                    found.append((int(match.group(1)), base.child(f"checkpoint-{match.group(1)}")))
+                name = common["Prefix"][len(prefix):].removesuffix("/")
+                step = step_from_dir_name(name)
+                if step is not None:
+                    found.append((step, base.child(name)))
     except Exception as exc:
-        raise storage_error(exc, "list", base.uri, missing="bucket not found",
-                            endpoint=str(client.meta.endpoint_url)) from None
+        raise storage_error(exc, "list", base.uri, client, missing="bucket not found") from None
     return sorted(found, key=lambda item: item[0], reverse=True)
 
 
@@ -92,16 +95,14 @@ def list_remote_checkpoints(client: Any, base: S3Location) -> list[RemoteCheckpo
             if (ckpt := _complete(client, location, step)) is not None]
 
 
-def find_latest_remote_checkpoint(
-    cfg: Config, *, client: Any = None, settings: S3Settings | None = None
-) -> RemoteCheckpoint | None:
+def find_latest_remote_checkpoint(cfg: Config, *, client: Any = None) -> RemoteCheckpoint | None:
     """The newest COMPLETE checkpoint under cfg.s3_uri (manifest present, listing matches it);
     newer prefixes without a manifest (an interrupted upload) are skipped. None without s3_uri."""
     if not cfg.s3_uri:
         return None
     base = S3Location.parse(cfg.s3_uri)
     if client is None:
-        client = make_client(settings or S3Settings.from_config(cfg))
+        client = make_client(S3Settings.from_config(cfg))
     for step, location in _checkpoint_candidates(client, base):
         checkpoint = _complete(client, location, step)
         if checkpoint is not None:
@@ -113,10 +114,9 @@ def find_latest_remote_checkpoint(
 def remote_checkpoint_at(uri: str, *, client: Any) -> RemoteCheckpoint:
     """The complete checkpoint at an explicit s3:// URI (for `--resume s3://...`)."""
     location = S3Location.parse(uri)
-    name = location.prefix.rsplit("/", 1)[-1]
-    match = re.fullmatch(r"checkpoint-(\d+)", name)
+    step = step_from_dir_name(location.prefix.rsplit("/", 1)[-1])
     manifest = read_remote_manifest(client, location)
-    if manifest is None or (match and int(match.group(1)) != manifest.step):
+    if manifest is None or step not in (None, manifest.step):
         raise StorageError(f"cannot resume from {uri}: no complete checkpoint there "
                            f"(missing or foreign {MANIFEST_NAME})")
     if missing_objects(manifest, location, list_keys(client, location)):
@@ -138,42 +138,34 @@ def download_checkpoint(remote: RemoteCheckpoint, output_dir: str | Path, *, cli
     return download_directory(client, remote.location, destination, settings, remote.manifest)
 
 
-def fetch_latest_remote_checkpoint(cfg: Config, *, newer_than: int | None = None,
-                                   client: Any = None) -> Path | None:
-    """For `--resume auto`: the newest complete checkpoint in the bucket, downloaded into
-    cfg.output_dir and verified, if its step is above `newer_than` (the newest local step);
-    else None. Call on rank 0 only (others wait at a barrier, then load the local path)."""
-    if not cfg.s3_uri:
-        return None
-    settings = S3Settings.from_config(cfg)
-    client = client if client is not None else make_client(settings)
-    remote = find_latest_remote_checkpoint(cfg, client=client)
-    if remote is None or (newer_than is not None and remote.step <= newer_than):
-        return None
-    say(f"downloading {remote.location.uri} (step {remote.step}) to resume from it", err=True)
-    return download_checkpoint(remote, cfg.output_dir, client=client, settings=settings)
-
-
 def remote_finder(cfg: Config) -> Callable[[str, int | None], Path | None]:
-    """The `remote_finder` for train.checkpoint.resolve_resume: "auto" -> the newest complete
-    checkpoint in cfg.s3_uri downloaded into cfg.output_dir (None if the bucket has none);
+    """The `remote_finder` for train.checkpoint.resolve_resume (call it on rank 0 only):
+    "auto" -> the newest complete checkpoint in cfg.s3_uri, downloaded into cfg.output_dir and
+    verified, if its step is above `newer_than` (the newest local step), else None;
     "s3://.../checkpoint-<step>" -> that checkpoint, downloaded and verified."""
 
     def find(spec: str, newer_than: int | None = None) -> Path | None:
         settings = S3Settings.from_config(cfg)
         client = make_client(settings)
         if spec == "auto":
-            return fetch_latest_remote_checkpoint(cfg, newer_than=newer_than, client=client)
-        if not spec.startswith("s3://"):
+            remote = find_latest_remote_checkpoint(cfg, client=client)
+            if remote is None or (newer_than is not None and remote.step <= newer_than):
+                return None
+            say(f"downloading {remote.location.uri} (step {remote.step}) to resume from it",
+                err=True)
+        elif spec.startswith("s3://"):
+            remote = remote_checkpoint_at(spec, client=client)
+        else:
             raise ConfigError(f"--resume {spec}: only s3:// checkpoints can be fetched remotely")
-        remote = remote_checkpoint_at(spec, client=client)
         return download_checkpoint(remote, cfg.output_dir, client=client, settings=settings)
 
     return find
 
 
-def prune_remote_checkpoints(client: Any, base: S3Location, keep: int) -> list[int]:
-    """Keep the newest `keep` complete checkpoints under `base`; delete older complete ones.
+def prune_remote_checkpoints(client: Any, base: S3Location, keep: int,
+                             protect: frozenset[int] = frozenset()) -> list[int]:
+    """Keep the newest `keep` complete checkpoints under `base`, and those at the steps in
+    `protect` (the best one so far); delete older complete ones.
 
     Only `checkpoint-<step>/` prefixes with a valid squadft manifest are touched, and in them only
     the manifest and the files it lists (foreign keys stay). The manifest goes first, so a reader
@@ -181,9 +173,10 @@ def prune_remote_checkpoints(client: Any, base: S3Location, keep: int) -> list[i
     incomplete prefixes are left alone. keep <= 0 keeps everything. Returns the pruned steps."""
     if keep <= 0:
         return []
-    complete = list_remote_checkpoints(client, base)
     pruned = []
-    for checkpoint in complete[max(keep, 1):]:
+    for checkpoint in list_remote_checkpoints(client, base)[keep:]:
+        if checkpoint.step in protect:
+            continue
         location = checkpoint.location
         delete_keys(client, location.bucket, [location.key(MANIFEST_NAME)])
         files = [location.key(relpath) for relpath in checkpoint.manifest.files]
@@ -216,6 +209,7 @@ class CheckpointUploader:
         self.client = client
         self.settings = settings
         self.keep = keep
+        self.protected: frozenset[int] = frozenset()  # steps pruning keeps (see `protect`)
         self._condition = threading.Condition()
         self._pending: Path | None = None
         self._in_flight: Path | None = None
@@ -230,8 +224,6 @@ class CheckpointUploader:
     @classmethod
     def from_config(cls, cfg: Config, *, check: bool = True) -> CheckpointUploader:
         """An uploader for cfg.s3_uri; `check` proves bucket access now (before training)."""
-        from squadft.storage.s3 import check_access
-
         if not cfg.s3_uri:
             raise ConfigError("an uploader needs --s3-uri")
         base = S3Location.parse(cfg.s3_uri)
@@ -242,6 +234,10 @@ class CheckpointUploader:
         return cls(base, client=client, settings=settings, keep=cfg.save_total_limit)
 
     # --- producer side (training thread) ---------------------------------------------------------
+    def protect(self, steps: frozenset[int]) -> None:
+        """Checkpoints at these steps (the best one by held-out F1) survive the pruning."""
+        self.protected = frozenset(steps)
+
     def submit(self, directory: str | Path) -> None:
         directory = Path(directory)
         with self._condition:
@@ -311,12 +307,9 @@ class CheckpointUploader:
         try:
             result = upload_directory(directory, self._target(directory), client=self.client,
                                   settings=self.settings)
-        except StorageError as exc:
-            warn(f"checkpoint upload failed: {exc}")
-            self.failures.append(UploadFailure(directory, exc))
-            return
         except Exception as exc:  # never let the thread die silently
-            error = StorageError(f"cannot upload {directory}: {type(exc).__name__}: {exc}")
+            error = exc if isinstance(exc, StorageError) else StorageError(
+                f"cannot upload {directory}: {type(exc).__name__}: {exc}")
             warn(f"checkpoint upload failed: {error}")
             self.failures.append(UploadFailure(directory, error))
             return
@@ -324,6 +317,6 @@ class CheckpointUploader:
         say(result.summary(), err=True)
         if self.keep > 0 and directory.name.startswith("checkpoint-"):
             try:
-                prune_remote_checkpoints(self.client, self.base, self.keep)
+                prune_remote_checkpoints(self.client, self.base, self.keep, self.protected)
             except StorageError as exc:
                 warn(f"pruning {self.base.uri} failed: {exc}")

@@ -19,7 +19,7 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from squadft.io import atomic_write_bytes
 
@@ -47,6 +47,10 @@ class Manifest:
     raw: bytes  # the exact bytes, so a download writes back the manifest it verified against
 
 
+def _natural(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def parse_manifest(raw: bytes) -> Manifest:
     try:
         data = json.loads(raw.decode("utf-8"))
@@ -56,17 +60,21 @@ def parse_manifest(raw: bytes) -> Manifest:
         raise ManifestError(f"format is not {MANIFEST_FORMAT}")
     step = data.get("step")
     files = data.get("files")
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+    if not _natural(step):
         raise ManifestError("step is not a non-negative integer")
     if not isinstance(files, dict):
         raise ManifestError("files is not an object")
     entries: dict[str, ManifestEntry] = {}
     for relpath, entry in files.items():
-        check_relpath(relpath)
+        # a path must stay inside its directory: relative, no '..', POSIX separators
+        if "\\" in relpath or "\x00" in relpath or {"", ".", ".."} & set(relpath.split("/")):
+            raise ManifestError(f"unsafe file name {relpath!r}")
+        if relpath == MANIFEST_NAME:
+            raise ManifestError("the manifest lists itself")
         if not isinstance(entry, dict):
             raise ManifestError(f"entry for {relpath!r} is not an object")
         size, digest = entry.get("size"), entry.get("sha256")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        if not _natural(size):
             raise ManifestError(f"size of {relpath!r} is not a non-negative integer")
         if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
             raise ManifestError(f"sha256 of {relpath!r} is not 64 lowercase hex digits")
@@ -74,60 +82,24 @@ def parse_manifest(raw: bytes) -> Manifest:
     return Manifest(step=step, files=entries, created=str(data.get("created", "")), raw=raw)
 
 
-def check_relpath(relpath: object) -> str:
-    """A manifest path must stay inside its directory: relative, no '..', POSIX separators."""
-    if not isinstance(relpath, str) or not relpath or "\\" in relpath or "\x00" in relpath:
-        raise ManifestError(f"unsafe file name {relpath!r}")
-    path = PurePosixPath(relpath)
-    if path.is_absolute() or any(part in ("..", ".", "") for part in relpath.split("/")):
-        raise ManifestError(f"unsafe file name {relpath!r}")
-    if relpath == MANIFEST_NAME:
-        raise ManifestError("the manifest lists itself")
-    return relpath
-
-
 def step_from_dir_name(name: str) -> int | None:
     match = CHECKPOINT_DIR_PATTERN.fullmatch(name)
     return int(match.group(1)) if match else None
 
 
-@dataclass(frozen=True, slots=True)
-class FileDigest:
-    """sha256 of a whole file plus the sha256 of each fixed-size part (S3 composite checksums)."""
-
-    size: int
-    sha256: str
-    part_digests: tuple[bytes, ...]
-
-
-def hash_file(path: str | os.PathLike[str], part_size: int | None = None) -> FileDigest:
-    """One read of the file gives its sha256 and, when part_size is given, the per-part
-    digests that S3 combines into a multipart upload's composite ChecksumSHA256."""
-    whole = hashlib.sha256()
-    parts: list[bytes] = []
-    size = 0
-    block = part_size or (8 << 20)
+def hash_file(path: str | os.PathLike[str]) -> ManifestEntry:
+    """Size and sha256 of a file, from one read."""
     with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            whole.update(chunk)
-            size += len(chunk)
-            if part_size:
-                parts.append(hashlib.sha256(chunk).digest())
-    return FileDigest(size=size, sha256=whole.hexdigest(), part_digests=tuple(parts))
+        digest = hashlib.file_digest(handle, "sha256")
+        return ManifestEntry(size=handle.tell(), sha256=digest.hexdigest())
 
 
 def local_files(directory: Path) -> list[str]:
     """Relative POSIX paths of the regular files under `directory`, manifest and the
     temp files of interrupted atomic writes (".name.xxxx.tmp") left out."""
-    found = []
-    for path in sorted(directory.rglob("*")):
-        if not path.is_file() or path.is_symlink():
-            continue
-        relpath = path.relative_to(directory).as_posix()
-        if relpath == MANIFEST_NAME or (path.name.startswith(".") and path.name.endswith(".tmp")):
-            continue
-        found.append(relpath)
-    return found
+    return [path.relative_to(directory).as_posix() for path in sorted(directory.rglob("*"))
+            if path.is_file() and not path.is_symlink() and path != directory / MANIFEST_NAME
+            and not (path.name.startswith(".") and path.name.endswith(".tmp"))]
 
 
 def build_manifest_bytes(step: int, files: dict[str, ManifestEntry]) -> bytes:
@@ -143,10 +115,7 @@ def build_manifest_bytes(step: int, files: dict[str, ManifestEntry]) -> bytes:
 def write_manifest(directory: str | os.PathLike[str], step: int) -> Path:
     """List every file under `directory` (size, sha256) in manifest.json; call it LAST."""
     directory = Path(directory)
-    files = {}
-    for relpath in local_files(directory):
-        digest = hash_file(directory / relpath)
-        files[relpath] = ManifestEntry(size=digest.size, sha256=digest.sha256)
+    files = {relpath: hash_file(directory / relpath) for relpath in local_files(directory)}
     atomic_write_bytes(directory / MANIFEST_NAME, build_manifest_bytes(int(step), files))
     return directory / MANIFEST_NAME
 

@@ -22,11 +22,10 @@ Works with AWS S3 and S3-compatible servers (MinIO, Ceph RGW, Cloudflare R2, Sea
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
-import logging
 import os
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -44,10 +43,9 @@ from squadft.errors import (
     SquadftError,
     StorageError,
 )
-from squadft.io import describe_os_error, fsync_dir, make_temp_dir, replace_directory
+from squadft.io import fsync_dir, make_temp_dir, removed_on_failure, replace_directory
 from squadft.storage.manifest import (
     MANIFEST_NAME,
-    FileDigest,
     Manifest,
     ManifestEntry,
     ManifestError,
@@ -60,9 +58,6 @@ from squadft.storage.manifest import (
 
 if TYPE_CHECKING:
     from squadft.config import Config
-
-log = logging.getLogger(__name__)
-
 
 MiB = 1 << 20
 RETRY_MODES = ("standard", "adaptive")
@@ -116,8 +111,7 @@ class S3Location:
 
 @dataclass(frozen=True)
 class S3Settings:
-    """Everything that shapes S3 traffic. `from_config` reads the Config's s3_* fields; fields the
-    Config does not (yet) have keep these defaults."""
+    """Everything that shapes S3 traffic; `from_config` reads the Config's s3_* fields."""
 
     endpoint_url: str | None = None
     region: str | None = None
@@ -143,34 +137,19 @@ class S3Settings:
 
     @classmethod
     def from_config(cls, cfg: Config, **overrides: Any) -> S3Settings:
-        defaults = cls()
-        # without Config fields for them, honour boto3's own variables for retry behaviour
-        env_mode = os.environ.get("AWS_RETRY_MODE", defaults.retry_mode)
-        env_attempts = os.environ.get("AWS_MAX_ATTEMPTS", "")
+        # retries follow boto3's own variables (Config has no fields for them)
+        mode = os.environ.get("AWS_RETRY_MODE", "")
+        attempts = os.environ.get("AWS_MAX_ATTEMPTS", "")
         values = {
             "endpoint_url": cfg.s3_endpoint_url,
             "region": cfg.s3_region,
             "addressing_style": cfg.s3_addressing_style,
             "max_concurrency": cfg.s3_max_concurrency,
             "deadline": float(cfg.s3_upload_deadline),
-            "retry_mode": getattr(cfg, "s3_retry_mode",
-                                  env_mode if env_mode in RETRY_MODES else defaults.retry_mode),
-            "max_attempts": getattr(cfg, "s3_max_attempts", int(env_attempts)
-                                    if env_attempts.isdigit() else defaults.max_attempts),
-            "connect_timeout": getattr(cfg, "s3_connect_timeout", defaults.connect_timeout),
-            "read_timeout": getattr(cfg, "s3_read_timeout", defaults.read_timeout),
+            **({"retry_mode": mode} if mode in RETRY_MODES else {}),
+            **({"max_attempts": int(attempts)} if attempts.isdigit() else {}),
         }
-        values.update(overrides)
-        return cls(**values)
-
-    def resolved_endpoint(self) -> str | None:
-        """The explicit endpoint, else the one boto3 itself would take from the environment."""
-        return (
-            self.endpoint_url
-            or os.environ.get("AWS_ENDPOINT_URL_S3")
-            or os.environ.get("AWS_ENDPOINT_URL")
-            or None
-        )
+        return cls(**{**values, **overrides})
 
     def transfer_config(self) -> Any:
         from boto3.s3.transfer import TransferConfig
@@ -190,7 +169,9 @@ def make_client(settings: S3Settings) -> Any:
     import boto3
     from botocore.config import Config as BotoConfig
 
-    endpoint = settings.resolved_endpoint()
+    # the explicit endpoint, else the one boto3 itself would take from the environment
+    endpoint = (settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+                or os.environ.get("AWS_ENDPOINT_URL") or None)
     style = settings.addressing_style
     if style == "auto" and endpoint:
         # MinIO, Ceph, SeaweedFS and IP endpoints serve path-style; virtual-hosted needs a
@@ -216,13 +197,9 @@ def make_client(settings: S3Settings) -> Any:
         raise ConfigError(f"invalid S3 endpoint URL {redact_url(str(endpoint))!r}: {exc}") from None
 
 
-def client_for(cfg: Config) -> tuple[Any, S3Settings]:
-    settings = S3Settings.from_config(cfg)
-    return make_client(settings), settings
-
-
 # --- errors --------------------------------------------------------------------------------------
 
+_TRANSIT_CORRUPTION = ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch")
 _CLIENT_ERROR_CAUSES = {
     "InvalidAccessKeyId": "invalid access key",
     "SignatureDoesNotMatch": "secret key does not match the access key (signature mismatch)",
@@ -234,34 +211,25 @@ _CLIENT_ERROR_CAUSES = {
     "NoSuchBucket": "bucket not found",
     "NoSuchKey": "object not found",
     "InvalidBucketName": "invalid bucket name",
-    "BadDigest": "checksum mismatch in transit",
-    "InvalidDigest": "checksum mismatch in transit",
-    "XAmzContentSHA256Mismatch": "checksum mismatch in transit",
+    **dict.fromkeys(_TRANSIT_CORRUPTION, "checksum mismatch in transit"),
     "EntityTooSmall": "multipart part too small for this server",
     "QuotaExceeded": "storage quota exceeded",
 }
-
-
-_TRANSIT_CORRUPTION = ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch")
-
-
-def _secret_values() -> list[str]:
-    names = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-             "AWS_ACCESS_KEY_ID")
-    return [value for name in names if len(value := os.environ.get(name, "")) >= 4]
+_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                     "AWS_ACCESS_KEY_ID")
 
 
 def scrub(text: str) -> str:
     """One line, URLs redacted, any credential value from the environment masked."""
     line = " ".join(str(text).split())
     line = re.sub(r"[a-z][a-z0-9+.-]*://\S+", lambda m: redact_url(m.group(0)), line)
-    for secret in _secret_values():
-        line = line.replace(secret, "***")
+    for name in _SECRET_VARIABLES:
+        if len(secret := os.environ.get(name, "")) >= 4:
+            line = line.replace(secret, "***")
     return line[:300]
 
 
-def describe_cause(exc: BaseException, *, missing: str = "object not found",
-                   endpoint: str | None = None) -> str:
+def describe_cause(exc: BaseException, client: Any, *, missing: str = "object not found") -> str:
     """A short cause for a botocore/s3transfer exception, safe to print."""
     from botocore import exceptions as bx
 
@@ -271,7 +239,8 @@ def describe_cause(exc: BaseException, *, missing: str = "object not found",
     if isinstance(exc, bx.CredentialRetrievalError | bx.TokenRetrievalError):
         return "credentials could not be retrieved from the configured provider"
     if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError):
-        return f"endpoint unreachable ({redact_url(endpoint or 'default AWS endpoint')})"
+        endpoint = getattr(client.meta, "endpoint_url", "") or "default AWS endpoint"
+        return f"endpoint unreachable ({redact_url(str(endpoint))})"
     if isinstance(exc, bx.ReadTimeoutError):
         return "read timed out (after retries)"
     if isinstance(exc, bx.ConnectionClosedError | bx.ConnectionError):
@@ -292,22 +261,19 @@ def describe_cause(exc: BaseException, *, missing: str = "object not found",
             return f"server error {status} {code} after {attempts} attempts".replace("  ", " ")
         message = scrub(str(error.get("Message", "")))
         return f"{code or status}: {message}" if message else str(code or status)
-    try:
-        from s3transfer.exceptions import RetriesExceededError
+    from s3transfer.exceptions import RetriesExceededError
 
-        if isinstance(exc, RetriesExceededError):
-            return "connection dropped repeatedly (after retries)"
-    except ImportError:  # pragma: no cover - s3transfer ships with boto3
-        pass
+    if isinstance(exc, RetriesExceededError):
+        return "connection dropped repeatedly (after retries)"
     if isinstance(exc, OSError):
         return scrub(exc.strerror or str(exc))
     return scrub(f"{type(exc).__name__}: {exc}")
 
 
-def storage_error(exc: BaseException, action: str, target: str, *,
-                  missing: str = "object not found", endpoint: str | None = None,
+def storage_error(exc: BaseException, action: str, target: str, client: Any, *,
+                  missing: str = "object not found",
                   kind: type[SquadftError] = StorageError) -> SquadftError:
-    cause = describe_cause(exc, missing=missing, endpoint=endpoint)
+    cause = describe_cause(exc, client, missing=missing)
     return kind(f"cannot {action} {target}: {cause}")
 
 
@@ -325,28 +291,23 @@ def _is_permanent(exc: BaseException) -> bool:
     return False
 
 
-def _endpoint_of(client: Any) -> str:
-    return str(getattr(client.meta, "endpoint_url", "") or "")
-
-
 # --- start-up check ------------------------------------------------------------------------------
 
 def check_access(client: Any, location: S3Location) -> None:
     """Prove at start-up (before hours of training) that the bucket exists and is writable:
     HEAD the bucket, then put and delete a small probe object under the prefix."""
-    endpoint = _endpoint_of(client)
     try:
         client.head_bucket(Bucket=location.bucket)
     except Exception as exc:
-        raise storage_error(exc, "access", f"s3://{location.bucket}", missing="bucket not found",
-                            endpoint=endpoint) from None
+        raise storage_error(exc, "access", f"s3://{location.bucket}", client,
+                            missing="bucket not found") from None
     probe = location.key(f".squadft-write-probe-{os.getpid()}-{time.time_ns()}")
     try:
         client.put_object(Bucket=location.bucket, Key=probe, Body=b"probe")
         client.delete_object(Bucket=location.bucket, Key=probe)
     except Exception as exc:
-        raise storage_error(exc, "write to", location.uri, missing="bucket not found",
-                            endpoint=endpoint) from None
+        raise storage_error(exc, "write to", location.uri, client,
+                            missing="bucket not found") from None
 
 
 # --- upload --------------------------------------------------------------------------------------
@@ -441,12 +402,12 @@ class _HashingReader:
                 self._handle.close()
                 self._handle = None
 
-    def digest(self) -> FileDigest | None:
+    def digest(self) -> ManifestEntry | None:
         """Size and sha256 of the whole file as read, None unless every byte went through."""
         with self._lock:
             if self._skipped or self._size is None or self._hashed != self._size:
                 return None
-            return FileDigest(size=self._size, sha256=self._sha256.hexdigest(), part_digests=())
+            return ManifestEntry(size=self._size, sha256=self._sha256.hexdigest())
 
 
 @dataclass
@@ -456,7 +417,7 @@ class _PlannedFile:
     size: int
     expected: ManifestEntry | None  # from the directory's own manifest.json, if it has one
     reader: _HashingReader | None = None
-    digest: FileDigest | None = None
+    digest: ManifestEntry | None = None
     hashed_while_sent: bool = False
 
 
@@ -505,33 +466,10 @@ def _check_sent_content(directory: Path, planned: list[_PlannedFile]) -> None:
                 raise StorageError(f"cannot upload {directory}: cannot read {item.relpath} "
                                    f"({exc.strerror or exc})") from None
         item.digest = digest
-        if digest.size != item.size or (
-                item.expected is not None
-                and (digest.size, digest.sha256) != (item.expected.size, item.expected.sha256)):
+        if digest.size != item.size or (item.expected is not None and item.expected != digest):
             raise StorageError(f"cannot upload {directory}: local {item.relpath} does not match "
                                f"its {MANIFEST_NAME} (corrupt or changed during upload); no "
                                "manifest written")
-
-
-def _sha256_checksum(digest: FileDigest) -> str:
-    """The base64 form of a full-object sha256, as in S3's ChecksumSHA256."""
-    return base64.b64encode(bytes.fromhex(digest.sha256)).decode()
-
-
-class _Deadline:
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.end = time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        return max(0.0, self.end - time.monotonic())
-
-    def expired(self) -> bool:
-        return time.monotonic() >= self.end
-
-
-class _DeadlineReached(Exception):
-    pass
 
 
 def _completion_counter() -> Any:
@@ -556,18 +494,18 @@ def _completion_counter() -> Any:
     return CompletionCounter()
 
 
-def _run_transfers(submit: Callable[[Any, list[Any]], Any], items: list[Any],
-                   deadline: _Deadline) -> dict[int, BaseException]:
-    """Submit every item and wait; return failures by index. At the deadline cancel all and
-    raise _DeadlineReached (in-flight requests end within the read timeout)."""
+def _run_transfers(submit: Callable[[Any, list[Any]], Any], items: list[Any], deadline: float,
+                   late: SquadftError) -> dict[int, BaseException]:
+    """Submit every item and wait; return failures by index. At the `deadline` (a monotonic
+    time) cancel all and raise `late` (in-flight requests end within the read timeout)."""
     counter = _completion_counter()
     futures = [submit(item, [counter]) for item in items]
-    if not counter.wait_for(len(futures), deadline.remaining()):
+    if not counter.wait_for(len(futures), deadline - time.monotonic()):
         # (TransferManager.shutdown(cancel=True) is broken in some s3transfer releases; the
         # manager's __exit__ then waits only for requests already on the wire)
         for future in futures:
             future.cancel()
-        raise _DeadlineReached
+        raise late
     failures: dict[int, BaseException] = {}
     for index, future in enumerate(futures):
         try:
@@ -577,43 +515,44 @@ def _run_transfers(submit: Callable[[Any, list[Any]], Any], items: list[Any],
     return failures
 
 
-def upload_directory(
-    directory: str | os.PathLike[str],
-    location: S3Location,
-    *,
-    client: Any,
-    settings: S3Settings,
-) -> UploadResult:
+def upload_directory(directory: str | os.PathLike[str], location: S3Location, *, client: Any,
+                     settings: S3Settings) -> UploadResult:
     """Upload every file of `directory` to `location/<relpath>`, verify, then `manifest.json`.
 
-    Each file is read once, by the upload itself, and hashed as it is sent. If the directory
-    has a manifest.json (a checkpoint), the files it lists are uploaded and their sha256 must
-    match it; exactly its bytes are uploaded. Otherwise a manifest is built from the sha256 of
-    the bytes sent. The sizes in the bucket are checked with one listing of the prefix. Until
-    the manifest is written the prefix is incomplete; any manifest already at the prefix is
-    deleted first, so a re-upload never looks complete with mixed contents.
-    Raises StorageError (one line) on failure; local files are never modified.
+    A directory with a manifest.json (a checkpoint) uploads the files it lists, whose sha256
+    must match it, then exactly its bytes; otherwise a manifest is built from the sha256 of the
+    bytes sent. Any manifest already at the prefix is deleted first, so a re-upload never looks
+    complete with mixed contents. Raises StorageError (one line) on failure; local files are
+    never modified.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise StorageError(f"cannot upload {directory}: not a directory")
-    deadline = _Deadline(settings.deadline)
     started = time.monotonic()
-    endpoint = _endpoint_of(client)
+    deadline = started + settings.deadline
     planned, local_manifest = _plan_upload(directory)
-    _delete_remote_manifest(client, location, endpoint)
+    try:  # this also checks the bucket and the credentials before anything is sent
+        client.delete_object(Bucket=location.bucket, Key=location.key(MANIFEST_NAME))
+    except Exception as exc:
+        raise storage_error(exc, "upload to", location.uri, client,
+                            missing="bucket not found") from None
     rounds = _upload_files(directory, location, planned, client=client, settings=settings,
-                           deadline=deadline, endpoint=endpoint)
+                           deadline=deadline)
     _check_sent_content(directory, planned)
-    _verify_sizes(client, location, planned, endpoint)
-    if deadline.expired():
+    _verify_sizes(client, location, planned)
+    if time.monotonic() >= deadline:
         raise _deadline_error(directory, location, settings)
-    step, manifest_bytes = _manifest_to_write(directory, planned, local_manifest)
-    _put_manifest(client, location, manifest_bytes, endpoint)
+    if local_manifest is not None:
+        step, manifest_bytes = local_manifest.step, local_manifest.raw
+    else:  # built from the sha256 of the bytes sent
+        step = step_from_dir_name(directory.name) or 0
+        manifest_bytes = build_manifest_bytes(
+            step, {p.relpath: p.digest for p in planned})
+    _put_manifest(client, location, manifest_bytes)
     uploaded = tuple(
         UploadedFile(p.relpath, location.key(p.relpath), p.size, p.digest.sha256,
                      p.size >= settings.multipart_threshold, p.hashed_while_sent)
-        for p in planned if p.digest is not None)
+        for p in planned)
     return UploadResult(location, step, uploaded, time.monotonic() - started, rounds)
 
 
@@ -622,19 +561,8 @@ def _deadline_error(directory: Path, location: S3Location, settings: S3Settings)
                         f"{settings.deadline:g}s reached; no manifest written")
 
 
-def _delete_remote_manifest(client: Any, location: S3Location, endpoint: str) -> None:
-    """Delete any manifest at the prefix first: until ours is written the prefix is incomplete
-    (this also checks the bucket and the credentials before anything is sent)."""
-    manifest_key = location.key(MANIFEST_NAME)
-    try:
-        client.delete_object(Bucket=location.bucket, Key=manifest_key)
-    except Exception as exc:
-        raise storage_error(exc, "upload to", location.uri, missing="bucket not found",
-                            endpoint=endpoint) from None
-
-
 def _upload_files(directory: Path, location: S3Location, planned: list[_PlannedFile], *,
-                  client: Any, settings: S3Settings, deadline: _Deadline, endpoint: str) -> int:
+                  client: Any, settings: S3Settings, deadline: float) -> int:
     """Send every planned file through one transfer manager, each hashed by its _HashingReader
     as it is read; returns the rounds over the file set it took (1 or 2)."""
     from boto3.s3.transfer import create_transfer_manager
@@ -644,7 +572,6 @@ def _upload_files(directory: Path, location: S3Location, planned: list[_PlannedF
     # the content end to end.
     extra_args = {"ChecksumAlgorithm": "SHA256"} if settings.send_checksums else {}
     remaining = list(planned)
-    rounds = 0
 
     def submit(item: _PlannedFile, subscribers: list[Any]) -> Any:
         if item.reader is not None:
@@ -659,15 +586,13 @@ def _upload_files(directory: Path, location: S3Location, planned: list[_PlannedF
             # transfer still failed (e.g. a multipart upload aborted after its part retries ran
             # out)
             for rounds in range(1, 3):
-                try:
-                    failures = _run_transfers(submit, remaining, deadline)
-                except _DeadlineReached:
-                    raise _deadline_error(directory, location, settings) from None
+                failures = _run_transfers(submit, remaining, deadline,
+                                          _deadline_error(directory, location, settings))
                 if not failures:
                     break
                 remaining = _files_to_retry(
                     failures, remaining, len(planned), last_round=rounds == 2,
-                    deadline=deadline, location=location, endpoint=endpoint)
+                    deadline=deadline, location=location, client=client)
     finally:
         for item in planned:
             if item.reader is not None:
@@ -676,39 +601,25 @@ def _upload_files(directory: Path, location: S3Location, planned: list[_PlannedF
 
 
 def _files_to_retry(failures: dict[int, BaseException], remaining: list[_PlannedFile],
-                    total: int, *, last_round: bool, deadline: _Deadline, location: S3Location,
-                    endpoint: str) -> list[_PlannedFile]:
+                    total: int, *, last_round: bool, deadline: float, location: S3Location,
+                    client: Any) -> list[_PlannedFile]:
     """The files of `remaining` whose transfer failed, to send again; StorageError instead
     after the last round, past the deadline or when a failure is permanent."""
     first = next(iter(failures.values()))
     failed = [remaining[i] for i in sorted(failures)]
-    if last_round or deadline.expired() or any(map(_is_permanent, failures.values())):
+    if last_round or time.monotonic() >= deadline or any(map(_is_permanent, failures.values())):
         target = location.object_uri(failed[0].relpath)
-        cause = describe_cause(first, endpoint=endpoint, missing="bucket not found")
+        cause = describe_cause(first, client, missing="bucket not found")
         raise StorageError(
             f"cannot upload {target}: {cause}"
             f" ({len(failed)} of {total} files failed; no manifest written)"
         )
     warn(f"retrying {len(failed)} files of {location.uri} after: "
-         f"{describe_cause(first, endpoint=endpoint)}")
+         f"{describe_cause(first, client)}")
     return failed
 
 
-def _manifest_to_write(directory: Path, planned: list[_PlannedFile],
-                       local_manifest: Manifest | None) -> tuple[int, bytes]:
-    """(step, manifest bytes): the checkpoint's own manifest.json as it is, else one built
-    from the sha256 of the bytes sent."""
-    if local_manifest is not None:
-        return local_manifest.step, local_manifest.raw
-    step = step_from_dir_name(directory.name) or 0
-    manifest_bytes = build_manifest_bytes(step, {
-        p.relpath: ManifestEntry(p.digest.size, p.digest.sha256)
-        for p in planned if p.digest is not None})
-    return step, manifest_bytes
-
-
-def _put_manifest(client: Any, location: S3Location, manifest_bytes: bytes,
-                  endpoint: str) -> None:
+def _put_manifest(client: Any, location: S3Location, manifest_bytes: bytes) -> None:
     """Write manifest.json, the last object of an upload, and check its size in the bucket."""
     manifest_key = location.key(MANIFEST_NAME)
     try:
@@ -716,15 +627,13 @@ def _put_manifest(client: Any, location: S3Location, manifest_bytes: bytes,
                           ContentType="application/json")
         head = client.head_object(Bucket=location.bucket, Key=manifest_key)
     except Exception as exc:
-        raise storage_error(exc, "upload", location.object_uri(MANIFEST_NAME),
-                            endpoint=endpoint) from None
+        raise storage_error(exc, "upload", location.object_uri(MANIFEST_NAME), client) from None
     if head.get("ContentLength") != len(manifest_bytes):
         raise StorageError(f"cannot upload {location.object_uri(MANIFEST_NAME)}: size differs "
                            "after upload")
 
 
-def _verify_sizes(client: Any, location: S3Location, planned: list[_PlannedFile],
-                  endpoint: str) -> None:
+def _verify_sizes(client: Any, location: S3Location, planned: list[_PlannedFile]) -> None:
     """Every object must be in the bucket with its local size: one listing of the prefix, and
     a HEAD only for what the listing does not show (a server whose listings lag behind)."""
     listed = list_keys(client, location) if planned else {}
@@ -735,8 +644,8 @@ def _verify_sizes(client: Any, location: S3Location, planned: list[_PlannedFile]
             try:
                 size = client.head_object(Bucket=location.bucket, Key=key).get("ContentLength")
             except Exception as exc:
-                raise storage_error(exc, "verify", f"s3://{location.bucket}/{key}",
-                                    endpoint=endpoint) from None
+                raise storage_error(exc, "verify", location.object_uri(item.relpath),
+                                    client) from None
         if size != item.size:
             raise StorageError(f"cannot verify s3://{location.bucket}/{key}: {size} bytes in "
                                f"the bucket, {item.size} locally")
@@ -752,8 +661,7 @@ def read_remote_manifest(client: Any, location: S3Location) -> Manifest | None:
     except Exception as exc:
         if _is_not_found(exc):
             return None
-        raise storage_error(exc, "read", location.object_uri(MANIFEST_NAME),
-                            endpoint=_endpoint_of(client)) from None
+        raise storage_error(exc, "read", location.object_uri(MANIFEST_NAME), client) from None
     try:
         return parse_manifest(body)
     except ManifestError as exc:
@@ -781,8 +689,8 @@ def list_keys(client: Any, location: S3Location) -> dict[str, int]:
             for item in page.get("Contents", []):
                 sizes[item["Key"]] = int(item["Size"])
     except Exception as exc:
-        raise storage_error(exc, "list", location.uri, missing="bucket not found",
-                            endpoint=_endpoint_of(client)) from None
+        raise storage_error(exc, "list", location.uri, client,
+                            missing="bucket not found") from None
     return sizes
 
 
@@ -793,39 +701,29 @@ def missing_objects(manifest: Manifest, location: S3Location,
             if sizes.get(location.key(rel)) != entry.size]
 
 
-def download_files(
-    client: Any,
-    location: S3Location,
-    files: Mapping[str, ManifestEntry],
-    destination: Path,
-    settings: S3Settings,
-) -> None:
+def download_files(client: Any, location: S3Location, files: Mapping[str, ManifestEntry],
+                   destination: Path, settings: S3Settings) -> None:
     """Download `files` (relpath -> expected size/sha256) into `destination` and verify each."""
     from boto3.s3.transfer import create_transfer_manager
 
-    endpoint = _endpoint_of(client)
-    deadline = _Deadline(settings.deadline)
+    deadline = time.monotonic() + settings.deadline
     items = sorted(files.items())
     for relpath, _ in items:
         (destination / relpath).parent.mkdir(parents=True, exist_ok=True)
     with create_transfer_manager(client, settings.transfer_config()) as manager:
-        try:
-            failures = _run_transfers(
-                lambda item, subscribers: manager.download(
-                    location.bucket, location.key(item[0]), str(destination / item[0]),
-                    subscribers=subscribers),
-                items, deadline,
-            )
-        except _DeadlineReached:
-            raise StorageError(f"cannot download {location.uri}: deadline of "
-                               f"{settings.deadline:g}s reached") from None
+        failures = _run_transfers(
+            lambda item, subscribers: manager.download(
+                location.bucket, location.key(item[0]), str(destination / item[0]),
+                subscribers=subscribers),
+            items, deadline, StorageError(f"cannot download {location.uri}: deadline of "
+                                          f"{settings.deadline:g}s reached"))
     if failures:
         index, exc = next(iter(failures.items()))
         raise storage_error(exc, "download", location.object_uri(items[index][0]),
-                            endpoint=endpoint) from None
+                            client) from None
     for relpath, entry in items:
         digest = hash_file(destination / relpath)
-        if (digest.size, digest.sha256) != (entry.size, entry.sha256):
+        if digest != entry:
             raise ChecksumError(f"downloaded {location.object_uri(relpath)} does not match its "
                                 f"manifest (size {digest.size} vs {entry.size}, or sha256)")
 
@@ -847,7 +745,7 @@ def download_directory(client: Any, location: S3Location, destination: str | os.
     destination.parent.mkdir(parents=True, exist_ok=True)
     # squadft's temp names: a later run removes them if this process is killed
     staging = make_temp_dir(destination.parent, f"{destination.name}.download")
-    try:
+    with removed_on_failure(staging, destination):
         download_files(client, location, manifest.files, staging, settings)
         with open(staging / MANIFEST_NAME, "wb") as handle:
             handle.write(manifest.raw)
@@ -855,13 +753,6 @@ def download_directory(client: Any, location: S3Location, destination: str | os.
             os.fsync(handle.fileno())
         fsync_dir(staging)
         replace_directory(staging, destination)
-    except OSError as exc:
-        message = describe_os_error(exc, destination)  # "disk full" told by the free space
-        shutil.rmtree(staging, ignore_errors=True)
-        raise StorageError(message) from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return destination
 
 
@@ -878,12 +769,14 @@ class S3Source:
 
     def __init__(self, uri: str, cfg: Config | None = None, *, client: Any = None,
                  settings: S3Settings | None = None) -> None:
+        from squadft.config import Config
+
         self.location = S3Location.parse(uri)
         if settings is None:
-            settings = S3Settings.from_config(cfg if cfg is not None else _config_from_env())
+            # open_source() passes only the URI: the s3_* settings then come from SQUADFT_*
+            settings = S3Settings.from_config(cfg if cfg is not None else Config.resolve())
         self.settings = settings
         self.client = client if client is not None else make_client(settings)
-        self._manifest: Manifest | None | bool = False  # False: not read yet
         # ETag and size of each downloaded object, for the cache's revalidation.
         self.fingerprints: dict[str, dict[str, str | int]] = {}
 
@@ -896,54 +789,48 @@ class S3Source:
             head = self.client.head_object(Bucket=self.location.bucket,
                                            Key=self.location.key(name))
         except Exception as exc:
-            raise _source_error(exc, self.describe(name), _endpoint_of(self.client)) from None
+            raise _source_error(exc, self.describe(name), self.client) from None
         return _object_fingerprint(head)
 
-    def _manifest_entry(self, name: str) -> ManifestEntry | None:
-        if self._manifest is False:
-            try:
-                self._manifest = read_remote_manifest(self.client, self.location)
-            except StorageError:
-                self._manifest = None
-        manifest = self._manifest
-        return manifest.files.get(name) if isinstance(manifest, Manifest) else None
+    @functools.cached_property
+    def _manifest(self) -> Manifest | None:
+        try:
+            return read_remote_manifest(self.client, self.location)
+        except StorageError:
+            return None
 
     def download(self, name: str, dest: Path, *, progress: bool = False) -> None:
         target = self.describe(name)
         key = self.location.key(name)
-        endpoint = _endpoint_of(self.client)
         try:
             head = self.client.head_object(Bucket=self.location.bucket, Key=key,
                                            ChecksumMode="ENABLED")
         except Exception as exc:
-            raise _source_error(exc, target, endpoint) from None
+            raise _source_error(exc, target, self.client) from None
         size = int(head["ContentLength"])
         from boto3.s3.transfer import create_transfer_manager
 
         subscribers = [_progress_subscriber(name, size)] if progress else []
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        deadline = _Deadline(self.settings.deadline)
+        deadline = time.monotonic() + self.settings.deadline
         with create_transfer_manager(self.client, self.settings.transfer_config()) as manager:
-            try:
-                failures = _run_transfers(
-                    lambda _, extra: manager.download(self.location.bucket, key, str(dest),
-                                                      subscribers=subscribers + extra),
-                    [name], deadline,
-                )
-            except _DeadlineReached:
-                raise DownloadError(f"cannot download {target}: deadline of "
-                                    f"{self.settings.deadline:g}s reached") from None
+            failures = _run_transfers(
+                lambda _, extra: manager.download(self.location.bucket, key, str(dest),
+                                                  subscribers=subscribers + extra),
+                [name], deadline, DownloadError(f"cannot download {target}: deadline of "
+                                                f"{self.settings.deadline:g}s reached"))
         if failures:
-            raise _source_error(failures[0], target, endpoint) from None
+            raise _source_error(failures[0], target, self.client) from None
         digest = hash_file(dest)
         if digest.size != size:
             raise ChecksumError(f"downloaded {target} has {digest.size} bytes, expected {size}")
-        remote = head.get("ChecksumSHA256")
-        if remote and "-" not in remote and remote != _sha256_checksum(digest):
+        remote = head.get("ChecksumSHA256")  # base64, as S3 sends a full-object checksum
+        if (remote and "-" not in remote
+                and remote != base64.b64encode(bytes.fromhex(digest.sha256)).decode()):
             raise ChecksumError(f"downloaded {target}: sha256 differs from the server's checksum")
-        entry = self._manifest_entry(name)
-        if entry is not None and (entry.size, entry.sha256) != (digest.size, digest.sha256):
+        entry = self._manifest.files.get(name) if self._manifest else None
+        if entry is not None and entry != digest:
             raise ChecksumError(f"downloaded {target} does not match {MANIFEST_NAME}")
         self.fingerprints[name] = _object_fingerprint(head)
 
@@ -953,14 +840,7 @@ def _object_fingerprint(head: dict[str, Any]) -> dict[str, str | int]:
     return {key: value for key, value in found.items() if value is not None}
 
 
-def _config_from_env() -> Config:
-    """open_source() passes only the URI: take the s3_* settings from SQUADFT_* variables."""
-    from squadft.config import Config
-
-    return Config.resolve()
-
-
-def _source_error(exc: BaseException, target: str, endpoint: str) -> SquadftError:
+def _source_error(exc: BaseException, target: str, client: Any) -> SquadftError:
     from botocore import exceptions as bx
 
     if _is_not_found(exc):
@@ -969,7 +849,7 @@ def _source_error(exc: BaseException, target: str, endpoint: str) -> SquadftErro
                bx.ConnectionClosedError)
     kind = DownloadError if isinstance(exc, network) or (
         isinstance(exc, bx.ClientError) and not _is_permanent(exc)) else StorageError
-    return storage_error(exc, "download", target, endpoint=endpoint, kind=kind)
+    return storage_error(exc, "download", target, client, kind=kind)
 
 
 def _progress_subscriber(name: str, size: int) -> Any:
@@ -998,7 +878,8 @@ def upload_command(cfg: Config, directory: str | os.PathLike[str], destination: 
     directory = Path(directory)
     if not directory.is_dir():
         raise ConfigError(f"{directory} is not a directory")
-    client, settings = client_for(cfg)
+    settings = S3Settings.from_config(cfg)
+    client = make_client(settings)
     check_access(client, location)
     return upload_directory(directory, location, client=client, settings=settings).summary()
 
@@ -1011,8 +892,7 @@ def delete_keys(client: Any, bucket: str, keys: Iterable[str]) -> None:
             response = client.delete_objects(Bucket=bucket, Delete={"Objects": batch,
                                                                     "Quiet": True})
         except Exception as exc:
-            raise storage_error(exc, "delete from", f"s3://{bucket}",
-                                endpoint=_endpoint_of(client)) from None
+            raise storage_error(exc, "delete from", f"s3://{bucket}", client) from None
         errors = response.get("Errors") or []
         if errors:
             raise StorageError(f"cannot delete s3://{bucket}/{errors[0].get('Key')}: "

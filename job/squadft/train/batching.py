@@ -35,13 +35,8 @@ def padded_length(longest: int, multiple: int = PAD_MULTIPLE) -> int:
 
 
 def collate(
-    features: ColumnarFeatures,
-    indices: Sequence[int] | np.ndarray,
-    *,
-    pad_token_id: int = 0,
-    multiple: int = PAD_MULTIPLE,
-    with_labels: bool = True,
-    with_token_types: bool = True,
+    features: ColumnarFeatures, indices: Sequence[int] | np.ndarray, *, pad_token_id: int = 0,
+    multiple: int = PAD_MULTIPLE, with_labels: bool = True, with_token_types: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Windows `indices` padded to the longest of them, rounded up to `multiple` (tensor cores).
 
@@ -66,12 +61,9 @@ def collate(
         types = np.where(mask, np.asarray(features.token_type_ids)[source], 0)
         batch["token_type_ids"] = torch.from_numpy(types.astype(np.int64))
     if with_labels:
-        batch["start_positions"] = torch.from_numpy(
-            np.asarray(features.start_positions)[indices].astype(np.int64)
-        )
-        batch["end_positions"] = torch.from_numpy(
-            np.asarray(features.end_positions)[indices].astype(np.int64)
-        )
+        for name in ("start_positions", "end_positions"):
+            labels = np.asarray(getattr(features, name))[indices]
+            batch[name] = torch.from_numpy(labels.astype(np.int64))
     return batch
 
 
@@ -105,17 +97,9 @@ class BatchSampler(torch.utils.data.Sampler[list[int]]):
     `set_epoch(epoch, position)` starts mid-epoch after `position` batches (exact resume).
     """
 
-    def __init__(
-        self,
-        lengths: np.ndarray,
-        batch_size: int,
-        *,
-        num_replicas: int = 1,
-        rank: int = 0,
-        seed: int = 0,
-        bucketing: bool = True,
-        mega_batch_batches: int = MEGA_BATCH_BATCHES,
-    ) -> None:
+    def __init__(self, lengths: np.ndarray, batch_size: int, *, num_replicas: int = 1,
+                 rank: int = 0, seed: int = 0, bucketing: bool = True,
+                 mega_batch_batches: int = MEGA_BATCH_BATCHES) -> None:
         if batch_size <= 0 or num_replicas <= 0 or not 0 <= rank < num_replicas:
             raise ValueError(
                 f"bad sampler geometry: batch {batch_size}, rank {rank} of {num_replicas}"

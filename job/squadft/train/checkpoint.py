@@ -48,15 +48,12 @@ from squadft.storage.manifest import (
     write_manifest,
 )
 
-# One manifest format for local checkpoints and buckets: squadft.storage.manifest owns it.
-MANIFEST = MANIFEST_NAME
 TRAINER_STATE = "trainer_state.json"
 
-# remote_finder(spec, newer_than): spec is "auto" or a remote checkpoint URI; for "auto" it
-# returns the newest complete remote checkpoint above step `newer_than` (downloaded), else None.
 RemoteFinder = Callable[[str, int | None], Path | None]
-"""Resolves `--resume` remotely: called with "auto" when no local checkpoint is complete, or
-with a non-local spec (s3://...); returns a complete local checkpoint directory or None."""
+"""Resolves `--resume` remotely: (spec, newer_than) -> a complete local checkpoint directory
+(downloaded) or None. spec is "auto" (the newest complete remote checkpoint above step
+`newer_than`, None if there is none) or a non-local spec such as s3://..."""
 
 
 def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
@@ -82,24 +79,18 @@ def find_latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def is_local_resume(resume: str) -> bool:
-    """--resume names a local checkpoint directory (not never/auto, not s3://...)."""
-    return resume not in ("never", "auto") and ("://" not in resume
-                                                or resume.startswith("file://"))
-
-
 def check_resume_path(resume: str, *, hashes: bool = True) -> Path | None:
     """A local --resume PATH, checked before any other work: it exists and is a complete
     squadft checkpoint (ConfigError otherwise); `hashes=False` checks the files' sizes, not
     their sha256 (the pipeline's early check: the resume itself verifies them). None for
     never, auto and remote specs."""
-    if not is_local_resume(resume):
+    if resume in ("never", "auto") or ("://" in resume and not resume.startswith("file://")):
         return None
     path = Path(resume.removeprefix("file://")).expanduser()
     if not path.is_dir():
         problem = "does not exist" if not path.exists() else "is not a directory"
-    elif not (path / MANIFEST).is_file() and not (path / TRAINER_STATE).is_file():
-        problem = f"is not a squadft checkpoint (no {MANIFEST}, no {TRAINER_STATE})"
+    elif not (path / MANIFEST_NAME).is_file() and not (path / TRAINER_STATE).is_file():
+        problem = f"is not a squadft checkpoint (no {MANIFEST_NAME}, no {TRAINER_STATE})"
     else:
         problem = manifest_problem(path, hashes=hashes)
     if problem:
@@ -143,10 +134,13 @@ class TrainerState:
     world_size: int = 1
     batch_size: int = 0
     grad_accum_steps: int = 1
+    skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradient norm
     loss_history: list[tuple[int, float]] = field(default_factory=list)
     # the run ids of the MLflow / W&B runs this training logs to, so that a resume from this
     # checkpoint (also on another machine, from S3) continues the same runs
     trackers: dict[str, str] = field(default_factory=dict)
+    # the held-out evaluations so far and the best of them (train.selection.Selection)
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -209,13 +203,6 @@ def seed_everything(seed: int) -> None:
 
 # --- writing -------------------------------------------------------------------------------
 
-def _fresh_temp_dir(output_dir: Path, name: str) -> Path:
-    tmp = output_dir / temp_name(name)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
 def _write_error(exc: BaseException, what: str, path: Path) -> StorageError | None:
     """The StorageError for a failed write into `path`, or None when `exc` is no write
     failure (a bug, which should surface as such)."""
@@ -231,9 +218,10 @@ def _save_directory(output_dir: Path, name: str, what: str, fill: Callable[[Path
     """Build `output_dir/name` in a temp dir with `fill`, manifest last, rename into place;
     on any failure the temp dir is removed and a write failure becomes a StorageError."""
     target = output_dir / name
-    tmp: Path | None = None
+    tmp = output_dir / temp_name(name)
     try:
-        tmp = _fresh_temp_dir(output_dir, name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         fill(tmp)
         apply_umask(tmp)
         write_manifest(tmp, step)
@@ -242,8 +230,7 @@ def _save_directory(output_dir: Path, name: str, what: str, fill: Callable[[Path
         # the reason first: the partial files still fill the disk, which is how a full disk
         # is recognised when the library's error does not say so
         error = _write_error(exc, what, target)
-        if tmp is not None:
-            remove_temp_tree(tmp)
+        remove_temp_tree(tmp)
         if error is None:
             raise
         raise error from None
@@ -271,16 +258,9 @@ def save_pretrained_dir(directory: Path, model: Any, tokenizer: Any, cfg: Config
 
 
 def save_checkpoint(
-    output_dir: str | os.PathLike[str],
-    *,
-    model: Any,
-    tokenizer: Any,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler | None,
-    state: TrainerState,
-    cfg: Config,
-    rng_states: list[dict[str, Any]],
+    output_dir: str | os.PathLike[str], *, model: Any, tokenizer: Any,
+    optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler | None,
+    state: TrainerState, cfg: Config, rng_states: list[dict[str, Any]],
 ) -> Path:
     """Write checkpoint-<step>/ atomically (rank 0 only); returns its path."""
 
@@ -315,25 +295,22 @@ def add_to_final(final_dir: str | os.PathLike[str], name: str, content: Any, ste
         raise StorageError(describe_os_error(exc, final_dir / name)) from None
 
 
-def rotate_checkpoints(
-    output_dir: str | os.PathLike[str],
-    keep: int,
-    protect: set[Path] | frozenset[Path] = frozenset(),
-) -> list[Path]:
+def rotate_checkpoints(output_dir: str | os.PathLike[str], keep: int,
+                       protect: set[Path] | frozenset[Path] = frozenset()) -> list[Path]:
     """Delete all but the newest `keep` complete checkpoints (0 keeps all); returns deleted.
 
     `protect`: directories still being uploaded; they survive this rotation (and a later one
     removes them)."""
     if keep <= 0:
         return []
-    complete = [p for p in list_checkpoints(output_dir) if (p / MANIFEST).is_file()]
+    complete = [p for p in list_checkpoints(output_dir) if (p / MANIFEST_NAME).is_file()]
     protected = {Path(p).resolve() for p in protect}
     deleted = []
     for path in complete[keep:]:
         if path.resolve() in protected:
             continue
         # drop the manifest first: a half-deleted directory must never look complete
-        (path / MANIFEST).unlink(missing_ok=True)
+        (path / MANIFEST_NAME).unlink(missing_ok=True)
         shutil.rmtree(path, ignore_errors=True)
         deleted.append(path)
     return deleted
@@ -373,9 +350,8 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> LoadedCheckpoint:
 
     try:
         state = TrainerState.from_dict(json.loads((directory / TRAINER_STATE).read_text()))
-        rng_states = {}
-        for path in directory.glob("rng_state_*.pt"):
-            rng_states[int(path.stem.rsplit("_", 1)[1])] = load(path.name)
+        rng_states = {int(path.stem.rsplit("_", 1)[1]): load(path.name)
+                      for path in directory.glob("rng_state_*.pt")}
         return LoadedCheckpoint(
             path=directory,
             state=state,

@@ -2,7 +2,8 @@
 
 Reading order (class Trainer): __init__ (precision and seeds, data order, optimizer and
 schedule), resume (checkpoint, metrics, DDP wrap), train_step (accumulate micro-batches, clip,
-step), log, checkpoint, and train, the loop that calls them and stops on preemption.
+step; a step with a non-finite loss or gradient norm is skipped and counted), log, checkpoint,
+and train, the loop that calls them and stops on preemption or divergence.
 Checkpoints, distributed helpers and the metrics destinations (squadft.train.tracking) live in
 their own modules.
 """
@@ -29,6 +30,8 @@ from squadft.errors import (
     ConfigError,
     OutOfMemory,
     Preempted,
+    StorageError,
+    TrainingDiverged,
     is_out_of_memory,
 )
 from squadft.io import atomic_write_json, ensure_writable_dir, uninterruptible
@@ -47,6 +50,7 @@ from squadft.train.checkpoint import (
     RemoteFinder,
     TrainerState,
     load_checkpoint,
+    load_model_state,
     resolve_resume,
     rng_state,
     rotate_checkpoints,
@@ -56,6 +60,7 @@ from squadft.train.checkpoint import (
     set_rng_state,
 )
 from squadft.train.schedule import make_scheduler, warmup_steps_for
+from squadft.train.selection import Selection, eval_points
 from squadft.train.tracking import METRICS_FILE, MetricsLogger
 
 __all__ = ["METRICS_FILE", "PreemptionWatcher", "TrainResult", "Trainer", "train_model"]
@@ -65,6 +70,9 @@ TRAIN_RESULTS_FILE = "train_results.json"
 # `busy_paths() -> set[Path]` method (storage.checkpoints.CheckpointUploader does), those
 # directories are kept by the local rotation until their upload is done.
 OnCheckpoint = Callable[[Path], None]
+# Evaluates the weights on the held-out articles (every rank calls it): (model, step) ->
+# squadft.evaluate.calibration.Calibration, the same on every rank.
+HeldOutEvaluator = Callable[[torch.nn.Module, int], Any]
 
 
 @dataclass
@@ -80,6 +88,10 @@ class TrainResult:
     global_batch_size: int
     resumed_from: str | None
     final_dir: str | None
+    skipped_steps: int = 0  # skipped for a non-finite loss or gradient norm (as AMP does)
+    # the held-out evaluations and the step chosen (train.selection.Selection.summary), with
+    # the chosen step's calibration; None without held-out evaluations
+    selection: dict[str, Any] | None = None
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
@@ -220,7 +232,8 @@ class Trainer:
     def __init__(self, cfg: Config, model: torch.nn.Module, tokenizer: Any, features: Any,
                  ctx: DistributedContext, *, metrics: MetricsLogger,
                  on_checkpoint: OnCheckpoint | None = None,
-                 remote_finder: RemoteFinder | None = None) -> None:
+                 remote_finder: RemoteFinder | None = None,
+                 held_out: HeldOutEvaluator | None = None) -> None:
         self.cfg, self.model, self.tokenizer, self.ctx = cfg, model, tokenizer, ctx
         self.metrics, self.on_checkpoint, self.remote_finder = (metrics, on_checkpoint,
                                                                 remote_finder)
@@ -246,6 +259,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.state = TrainerState(total_steps=self.total_steps, world_size=ctx.world_size,
                                   batch_size=cfg.batch_size, grad_accum_steps=self.accum)
+        self.held_out = held_out
+        self.selection = Selection()
+        self.last_calibration: Any = None  # of the last evaluation in this process
+        self.held_out_record: dict[str, Any] | None = None  # logged with the step's record
+        self.eval_points = frozenset(eval_points(
+            self.total_steps, cfg.eval_steps, len(self.sampler) / self.accum)
+            if held_out is not None else ())
         self.forward_model: Any = model  # what the loop calls; `model` stays the one we save
         self.resumed_from: str | None = None
         self.last_saved = 0
@@ -253,6 +273,10 @@ class Trainer:
         self.grad_norm = torch.zeros((), device=device)
         self.step_loss = torch.zeros((), device=device)
         self.window_loss = torch.zeros((), device=device)  # on the device: no sync until a log
+        # steps skipped for a non-finite gradient norm: in a row now, the longest such run,
+        # in all (also on the device; read by check_skipped)
+        self.skips = torch.zeros(3, dtype=torch.int64, device=device)
+        self.logged_skips = 0
         self.window = {"steps": 0, "tokens": 0, "samples": 0}
         self.window_start = time.perf_counter()
         self.totals = {"tokens": 0.0, "samples": 0.0}
@@ -320,6 +344,9 @@ class Trainer:
             saved.position = saved.position * old_global // new_global
         state.step, state.epoch, state.position = saved.step, saved.epoch, saved.position
         state.loss_history, state.trackers = saved.loss_history, saved.trackers
+        self.selection = Selection.from_dict(saved.selection)
+        state.skipped_steps = self.logged_skips = saved.skipped_steps
+        self.skips[2] = saved.skipped_steps
         if ctx.rank in payload["rng"]:
             set_rng_state(payload["rng"][ctx.rank])
         else:
@@ -344,13 +371,12 @@ class Trainer:
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
         self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.lr = self.scheduler.get_last_lr()[0]  # the rate this step used
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        skipped = self.optimizer_step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.epoch, self.state.position = epoch, position
-        self.window_loss += self.step_loss
+        self.window_loss += torch.where(skipped, 0.0, self.step_loss)
         self.window["steps"] += 1
         self.metrics.advance()
 
@@ -369,8 +395,55 @@ class Trainer:
             with autocast(self.precision, self.device):
                 loss = qa_loss(self.forward_model, batch,
                                self.cfg.answerability_loss_weight) / self.accum
-            self.scaler.scale(loss).backward()
+            # A non-finite loss makes this rank's gradients NaN (x 1 otherwise, exact), and
+            # DDP's all-reduce carries them into the norm on which every rank skips the step.
+            poisoned = loss * torch.where(torch.isfinite(loss), 1.0, math.nan)
+            self.scaler.scale(poisoned).backward()
         return loss.detach()
+
+    def optimizer_step(self) -> torch.Tensor:
+        """Update the weights unless the gradient norm is not finite; returns that decision.
+
+        As AMP's loss scaler does: the step is skipped (weights and optimizer state
+        untouched) and counted. The decision stays on the device (fused AdamW takes it as
+        GradScaler's `found_inf`), so no step waits for the GPU. Under DDP the norm is that of
+        the all-reduced gradients, bit for bit the same on every rank, and so is the decision.
+        """
+        skip = ~torch.isfinite(self.grad_norm)
+        if all(group.get("fused") for group in self.optimizer.param_groups):
+            self.optimizer.found_inf = skip.float()
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf
+        elif not skip.item():  # an unfused optimizer (from an older checkpoint): one sync
+            self.optimizer.step()
+        self.scaler.update()  # fp16: a lower loss scale after inf/NaN gradients
+        run, longest, total = self.skips.unbind()
+        run.add_(1).mul_(skip)
+        torch.maximum(longest, run, out=longest)
+        total.add_(skip)
+        return skip
+
+    def check_skipped(self) -> None:
+        """Read the skip counts (one host sync) and stop when --max-skipped-steps steps in a
+        row were skipped: every rank reads the same counts and stops at the same step."""
+        _, longest, self.state.skipped_steps = self.skips.tolist()
+        if longest >= self.cfg.max_skipped_steps:
+            raise TrainingDiverged(
+                f"training diverged: the loss or gradient norm was not finite for {longest} "
+                f"optimizer steps in a row (--max-skipped-steps {self.cfg.max_skipped_steps}), "
+                f"by step {self.state.step}; those updates were skipped and final/ was not "
+                f"written; lower --learning-rate (now {self.cfg.learning_rate:g})")
+
+    def check_weights(self) -> None:
+        """Never save a checkpoint or final/ from weights that are not finite."""
+        norm = torch.nn.utils.get_total_norm([p.detach() for p in self.model.parameters()])
+        if not bool(torch.isfinite(norm)):
+            raise TrainingDiverged(
+                f"training diverged: the weights are not finite at step {self.state.step}; "
+                "no checkpoint and no final/ written from them; lower --learning-rate (now "
+                f"{self.cfg.learning_rate:g})")
 
     # --- log, checkpoint ------------------------------------------------------------------
 
@@ -379,8 +452,10 @@ class Trainer:
         loss_sum, tokens, samples = all_reduce_sum(
             self.ctx, [self.window_loss.item(), self.window["tokens"], self.window["samples"]])
         elapsed = time.perf_counter() - self.window_start
-        loss_avg = loss_sum / self.ctx.world_size / self.window["steps"]
         state = self.state
+        # the mean over the steps that were not skipped (check_skipped counted them just now)
+        updated = self.window["steps"] - (state.skipped_steps - self.logged_skips)
+        loss_avg = loss_sum / self.ctx.world_size / updated if updated else math.nan
         record = {
             "step": state.step,
             "epoch": round(state.epoch + state.position / len(self.sampler), 4),
@@ -390,12 +465,17 @@ class Trainer:
             "tokens_per_s": tokens / elapsed,
             "samples_per_s": samples / elapsed,
         }
+        if state.skipped_steps:  # from the first skipped step on (a healthy run: never)
+            record["skipped_steps"] = state.skipped_steps
         if self.device.type == "cuda":
             record["gpu_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self.totals["tokens"] += tokens
         self.totals["samples"] += samples
-        state.loss_history.append((state.step, loss_avg))
-        self.metrics.log(record)
+        if updated:
+            state.loss_history.append((state.step, loss_avg))
+        self.logged_skips = state.skipped_steps
+        self.metrics.log(record, self.held_out_record)
+        self.held_out_record = None
         self.window = {"steps": 0, "tokens": 0, "samples": 0}
         self.window_loss.zero_()
         self.window_start = time.perf_counter()
@@ -404,9 +484,12 @@ class Trainer:
         """checkpoint-<step>/ (rank 0 writes it, with every rank's RNG state); all ranks wait
         until it is complete: a rank that exited early on preemption would make torchrun kill
         rank 0 in the middle of writing it."""
+        self.check_weights()
         rng_states = gather_to_main(self.ctx, rng_state())
         path = None
         if self.ctx.is_main:
+            self.state.selection = self.selection.to_dict()
+            protect = self._protect_best()
             path = save_checkpoint(self.output_dir, model=self.model, tokenizer=self.tokenizer,
                                    optimizer=self.optimizer, scheduler=self.scheduler,
                                    scaler=self.scaler, state=self.state, cfg=self.cfg,
@@ -415,11 +498,79 @@ class Trainer:
                 self.on_checkpoint(path)
             busy = getattr(self.on_checkpoint, "busy_paths", None)
             rotate_checkpoints(self.output_dir, self.cfg.save_total_limit,
-                               protect=busy() if busy is not None else frozenset())
+                               protect=protect | (busy() if busy is not None else set()))
             self.metrics.checkpoint()
         barrier(self.ctx)
         self.last_saved = self.state.step
         return path
+
+    def _protect_best(self) -> set[Path]:
+        """The best checkpoint so far survives rotation, local and remote (with
+        --select-best: final/ is made from it)."""
+        best = self.selection.best_step
+        if not self.cfg.select_best or best is None:
+            return set()
+        remote = getattr(self.on_checkpoint, "protect", None)
+        if remote is not None:
+            remote(frozenset({best}))
+        return {self.output_dir / f"checkpoint-{best}"}
+
+    # --- held-out evaluation and the choice of weights -------------------------------------
+
+    def evaluate_held_out(self, watcher: PreemptionWatcher) -> bool:
+        """At an evaluation point: the weights on the held-out articles (each rank its share),
+        recorded in the selection, metrics.jsonl and the trackers; early stopping decided.
+        A signal meanwhile is handled by the loop right after (checkpoint, exit 75)."""
+        step, cfg = self.state.step, self.cfg
+        if self.held_out is None or step not in self.eval_points:
+            return False
+        activity, watcher.activity = watcher.activity, "held-out evaluation"
+        began = time.perf_counter()
+        calibration = self.last_calibration = self.held_out(self.model, step)
+        self.model.train()
+        watcher.activity = activity
+        selection = self.selection
+        selection.record(calibration, step, min_delta=cfg.early_stopping_threshold)
+        if selection.should_stop(cfg.early_stopping_patience) and step < self.total_steps:
+            selection.stopped_early_at = step
+        if self.ctx.is_main:
+            entry, best = selection.history[-1], selection.best or {}
+            seconds = time.perf_counter() - began
+            self.held_out_record = {k: v for k, v in entry.items() if k != "step"}
+            self.held_out_record["seconds"] = round(seconds, 3)
+            say(f"held-out evaluation at step {step}: F1 {entry['f1']:.2f} at its threshold "
+                f"{entry['null_threshold']:.4g} (always no answer "
+                f"{entry['always_no_answer_f1']:.2f}), {seconds:.0f}s; best F1 "
+                f"{best.get('f1', 0.0):.2f} at step {best.get('step')}", err=True)
+            if selection.stopped_early_at is not None:
+                say(f"early stopping at step {step}/{self.total_steps}: {selection.since_best} "
+                    f"held-out evaluations in a row did not beat F1 {best['f1']:.2f} (step "
+                    f"{best['step']}) by {cfg.early_stopping_threshold} points "
+                    "(--early-stopping-patience)", err=True)
+        return True
+
+    def use_best_weights(self) -> None:
+        """--select-best: load the best evaluated checkpoint's weights (rank 0 reads them,
+        from the bucket if the disk no longer has them; every rank gets them)."""
+        best, step = self.selection.best_step, self.state.step
+        if not self.cfg.select_best or best is None or best == step:
+            return
+        state_dict = None
+        if self.ctx.is_main:
+            path = self.output_dir / f"checkpoint-{best}"
+            if not (path / "manifest.json").is_file() and self.remote_finder and self.cfg.s3_uri:
+                path = self.remote_finder(f"{self.cfg.s3_uri.rstrip('/')}/checkpoint-{best}",
+                                          None) or path
+            try:
+                state_dict = load_model_state(path)
+            except (OSError, ValueError) as exc:
+                raise StorageError(f"cannot read the best checkpoint {path} (held-out F1 "
+                                   f"chose step {best}): {exc}") from None
+            say(f"final/ gets the weights of step {best}, the best on the held-out articles "
+                f"(F1 {self.selection.best['f1']:.2f}; the last step, {step}: "
+                f"{self.selection.history[-1]['f1']:.2f})")
+        state_dict = broadcast_from_main(self.ctx, state_dict)
+        self.model.load_state_dict(state_dict)
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -431,7 +582,7 @@ class Trainer:
         start_time = self.window_start = time.perf_counter()
         start_step = state.step
         self.model.train()
-        while state.step < self.total_steps:
+        while state.step < self.total_steps and self.selection.stopped_early_at is None:
             try:
                 self.train_step(data)
             except RuntimeError as exc:  # torch.cuda.OutOfMemoryError, or cuBLAS's
@@ -439,10 +590,18 @@ class Trainer:
                     raise
                 raise _out_of_memory(cfg, self.ctx, state, self.last_saved, self.model,
                                      self.optimizer, self.checkpoint) from None
+            evaluated = self.evaluate_held_out(watcher)
             stop = any_rank(self.ctx, watcher.received is not None)
-            if state.step % cfg.logging_steps == 0 or state.step == self.total_steps or stop:
+            log = (state.step % cfg.logging_steps == 0 or state.step == self.total_steps or stop
+                   or evaluated)
+            # an evaluated step is a checkpoint: it may be the best, and a resume from it
+            # neither repeats nor loses the evaluation
+            save = stop or evaluated or (cfg.save_steps and state.step % cfg.save_steps == 0)
+            if log or save or state.step % cfg.max_skipped_steps == 0:
+                self.check_skipped()
+            if log:
                 self.log()
-            if stop or (cfg.save_steps and state.step % cfg.save_steps == 0):
+            if save:
                 path = self.checkpoint()
             if stop:
                 self.metrics.close_progress()
@@ -452,6 +611,11 @@ class Trainer:
                     f"{path if self.ctx.is_main else 'written by rank 0'}; exit "
                     f"{EXIT_PREEMPTED} means requeue: rerun with --resume auto to continue"))
         self.metrics.close_progress()
+        if state.skipped_steps and self.ctx.is_main:
+            warn(f"{state.skipped_steps} optimizer step(s) skipped for a non-finite loss or "
+                 "gradient norm (skipped_steps in metrics.jsonl)" + (
+                     "; fp16 loss scaling skips a few while it finds its scale"
+                     if self.scaler.is_enabled() else ""))
         if self.last_saved != state.step:
             self.checkpoint()
         # A signal that came while the last checkpoint was written stops the job now (the
@@ -464,12 +628,14 @@ class Trainer:
                 "which does not train again"))
         watcher.trained(state.step)
         runtime = time.perf_counter() - start_time
+        self.use_best_weights()
         final_dir = self.save_final(watcher)
         return self._result(runtime, trained=state.step > start_step, final_dir=final_dir)
 
     def save_final(self, watcher: PreemptionWatcher) -> Path | None:
         """final/ (rank 0); not uploaded here: the pipeline adds the calibrated inference
         settings first."""
+        self.check_weights()
         final_dir = None
         if self.ctx.is_main:
             with uninterruptible():
@@ -493,7 +659,24 @@ class Trainer:
             global_batch_size=self.cfg.batch_size * self.ctx.world_size * self.accum,
             resumed_from=self.resumed_from,
             final_dir=str(final_dir) if final_dir else None,
+            skipped_steps=state.skipped_steps,
+            selection=self._selection_summary(),
         )
+
+    def _selection_summary(self) -> dict[str, Any] | None:
+        if not self.selection.history:
+            return None
+        chosen = self.selection.best if self.cfg.select_best else self.selection.history[-1]
+        summary = self.selection.summary(self.state.step)
+        summary["chosen_step"] = chosen["step"] if chosen else None
+        summary["select_best"] = self.cfg.select_best
+        if self.cfg.select_best:
+            summary["calibration"] = (self.selection.best or {}).get("calibration")
+        else:  # the last weights: their evaluation, if it ran in this process
+            last = self.last_calibration
+            summary["calibration"] = asdict(last) if last is not None and \
+                last.step == self.state.step else None
+        return summary
 
 
 def train_model(
@@ -507,6 +690,7 @@ def train_model(
     remote_finder: RemoteFinder | None = None,
     watcher: PreemptionWatcher | None = None,
     metrics: MetricsLogger | None = None,
+    held_out: HeldOutEvaluator | None = None,
 ) -> TrainResult:
     """Train `model` on `features` (squadft.data.features.Features), checkpoint, save final/.
 
@@ -522,7 +706,8 @@ def train_model(
         metrics = MetricsLogger(cfg, enabled=ctx.is_main)
     with metrics.closing() if own_metrics else nullcontext(metrics):
         trainer = Trainer(cfg, model, tokenizer, features, ctx, metrics=metrics,
-                          on_checkpoint=on_checkpoint, remote_finder=remote_finder)
+                          on_checkpoint=on_checkpoint, remote_finder=remote_finder,
+                          held_out=held_out)
         trainer.resume()
         with (nullcontext(watcher) if watcher is not None else PreemptionWatcher()) as watching:
             try:

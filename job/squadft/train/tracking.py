@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from squadft.config import Config, redact_url, report_targets
-from squadft.errors import ConfigError, DownloadError, Preempted, SquadftError
-from squadft.io import atomic_write_json, atomic_write_text, uninterruptible
+from squadft.errors import ConfigError, DownloadError, Preempted, SquadftError, StorageError
+from squadft.io import atomic_write_json, atomic_write_text, ensure_writable_dir, uninterruptible
 from squadft.train.checkpoint import warn
 
 METRICS_FILE = "metrics.jsonl"
@@ -54,6 +54,7 @@ SCALARS = {
     "samples_per_s": "train/samples_per_s",
     "epoch": "train/epoch",
     "gpu_mem_gib": "train/gpu_mem_gib",
+    "skipped_steps": "train/skipped_steps",  # only once a non-finite step was skipped
 }
 FINISHED, PREEMPTED, FAILED = "finished", "preempted", "failed"
 
@@ -95,11 +96,22 @@ class JsonlFile:
         self.path = path
 
     def restart(self, step: int) -> None:
-        """Forget the lines logged after `step` (a resumed run logs those steps again)."""
+        """Forget the lines logged after `step` (a resumed run logs those steps again) and
+        those that do not parse: the torn last line a node crash or a full disk leaves."""
         if not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept, bad = [], []
+        for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except (ValueError, AttributeError, TypeError):  # torn, or not a {"step"} record
+                bad += [number] if line.strip() else []
+        if bad and step:  # (a run from step 0 keeps no line anyway)
+            where = f"line {bad[0]}" if len(bad) == 1 else f"first: line {bad[0]}"
+            warn(f"{self.path}: dropped {len(bad)} unreadable line{'s' * (len(bad) > 1)} "
+                 f"({where}, torn by a crash or a full disk?); the resume goes on without "
+                 f"{'it' if len(bad) == 1 else 'them'}")
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def append(self, record: Mapping[str, Any]) -> None:
@@ -186,6 +198,10 @@ class TensorBoardTracker(Tracker):
         self._writer_class = SummaryWriter
         self.log_dir = Path(cfg.output_dir) / TENSORBOARD_DIR
         self.writer: Any = None
+        try:  # now, before any work: SummaryWriter fails in its writer thread (a traceback)
+            ensure_writable_dir(self.log_dir)
+        except StorageError as exc:
+            raise StorageError(f"--report-to tensorboard: {exc}") from None
 
     def open(self, step: int, run_id: str | None) -> str | None:
         # purge_step: TensorBoard hides the events of earlier files from this step on, i.e.
@@ -420,15 +436,23 @@ class MetricsLogger:
         if self.bar is not None:
             self.bar.update(1)
 
-    def log(self, record: dict[str, Any]) -> None:
-        """One logging step: a line of metrics.jsonl, the bar's postfix, every tracker."""
+    def log(self, record: dict[str, Any], held_out: Mapping[str, Any] | None = None) -> None:
+        """One logging step: a line of metrics.jsonl, the bar's postfix, every tracker.
+        `held_out`: the evaluation on the held-out articles at this step, a line of its own
+        ({"step": N, "heldout": {...}}), heldout/* in the trackers (with the step's training
+        scalars: trackers keep one point per step)."""
         if not self.enabled:
             return
         self.jsonl.append(record)
+        scalars = train_scalars(record)
+        if held_out is not None:
+            self.jsonl.append({"step": record["step"], "heldout": dict(held_out)})
+            scalars.update({f"heldout/{k}": float(v) for k, v in held_out.items()
+                            if isinstance(v, int | float)})
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                  tok_s=f"{record['tokens_per_s']:.0f}")
-        self._each("log", record["step"], train_scalars(record))
+        self._each("log", record["step"], scalars)
 
     def log_eval(self, step: int, metrics: Mapping[str, Any]) -> None:
         """The evaluation: its line in metrics.jsonl, and each tracker once per step and
