@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from squadft.config import Config
 from squadft.evaluate.calibration import Calibration
 from squadft.flows import training
-from squadft.train.selection import Selection, eval_points
+from squadft.storage.manifest import verify_manifest
+from squadft.train.selection import HeldOutResult, Selection, eval_points
 
 from .common import load_weights, max_weight_difference, read_metrics
 
@@ -67,12 +67,13 @@ class ScriptedHeldOut:
             evaluate = real(cfg, ctx, data)
             assert evaluate is not None  # the tiny runs hold articles out
 
-            def scripted(model: Any, step: int) -> Calibration:
+            def scripted(model: Any, step: int) -> HeldOutResult:
                 self.calls.append(step)
-                calibration = evaluate(model, step)  # the real thing, then its F1 rewritten
-                return replace(calibration, scores={**calibration.scores,
-                                                    "f1": self.f1_by_step[step]},
-                               null_threshold=float(step))
+                result = evaluate(model, step)  # the real thing, then its F1 rewritten
+                calibration = result.calibration
+                return replace(result, calibration=replace(
+                    calibration, scores={**calibration.scores, "f1": self.f1_by_step[step]},
+                    null_threshold=float(step)))
             return scripted
 
         monkeypatch.setattr(training, "held_out_evaluator", evaluator)
@@ -104,6 +105,14 @@ def test_the_best_held_out_step_becomes_final_with_its_threshold(
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "heldout" in x] == [2, 4, 6]
     assert [x["step"] for x in lines if "eval" in x] == [6]  # the dev data: once, at the end
+    # the model card: the dev scores in its metadata, the choice in its text
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "final" / "README.md")
+    f1 = {m.metric_name: m.metric_value for m in card.data.eval_results}
+    assert f1["F1 at the calibrated threshold"] == round(results["f1"], 2)
+    assert "Weights: step 4 of 6" in card.text
+    assert verify_manifest(out / "final")  # the card is in final/'s manifest
 
 
 def test_early_stopping_saves_the_best_and_says_why(
@@ -167,3 +176,27 @@ def test_a_resume_neither_repeats_nor_loses_an_evaluation(
     assert [m["step"] for m in read_metrics(out)] == list(range(1, 9))
     assert max_weight_difference(load_weights(out / "final"),
                                  load_weights(out / "checkpoint-4")) == 0
+
+
+def test_the_margin_over_the_runner_up_is_paired_over_articles_and_says_when_it_is_noise():
+    articles = [f"a{i // 10}" for i in range(40)]  # 4 articles of 10 questions
+    last = [0.0] * 40
+    clear = [1.0] * 40  # better on every article
+    one_article = [1.0] * 10 + [0.0] * 30  # better on one article only
+    selection = Selection()
+    selection.record(HeldOutResult(_calibration(0.0, 2), last, articles), 2)
+    selection.record(HeldOutResult(_calibration(100.0, 4), clear, articles), 4)
+    summary = selection.summary(4)
+    assert summary["runner_up_step"] == 2 and summary["within_noise"] is False
+    assert summary["margin_over_runner_up"] == [100.0, 100.0, 100.0]
+
+    noisy = Selection()
+    noisy.record(HeldOutResult(_calibration(0.0, 2), last, articles), 2)
+    noisy.record(HeldOutResult(_calibration(25.0, 4), one_article, articles), 4)
+    value, low, high = noisy.summary(4)["margin_over_runner_up"]
+    assert value == 25.0 and low == 0.0 and high > 25.0  # resamples without that article
+    assert noisy.summary(4)["within_noise"] is True
+    # one evaluation, or none with per-question scores: nothing to compare
+    single = Selection()
+    single.record(_calibration(10.0, 2), 2)
+    assert single.margin() is None and "within_noise" not in single.summary(2)

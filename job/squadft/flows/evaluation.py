@@ -33,6 +33,7 @@ from squadft.evaluate.inference import predict_logits, window_loss
 from squadft.evaluate.outputs import check_output_dir, write_prediction_files
 from squadft.evaluate.postprocess import PostprocessResult, postprocess_predictions
 from squadft.evaluate.scoring import format_metrics, score_postprocessed
+from squadft.evaluate.squad_metrics import raw_scores
 from squadft.filespec import parse_local_spec
 from squadft.flows.preparation import PreparedSplit
 from squadft.io import remove_stale_temps, sha256_file
@@ -46,6 +47,7 @@ from squadft.runtime.distributed import (
     detect_launch,
     setup_distributed,
 )
+from squadft.train.selection import HeldOutResult
 from squadft.train.tracking import METRICS_FILE, MetricsLogger
 
 
@@ -120,14 +122,27 @@ def calibrate_model(model: Any, examples: Sequence[Any], features: Any, *, cfg: 
                     step: int | None = None) -> Calibration:
     """The F1-best null threshold on held-out questions, with the scores there and the
     held-out loss (every rank gets the same)."""
+    return evaluate_held_out(model, examples, features, cfg=cfg, device=device, source=source,
+                             overlap_with_train=overlap_with_train, step=step).calibration
+
+
+def evaluate_held_out(model: Any, examples: Sequence[Any], features: Any, *, cfg: Config,
+                      device: Any, source: str, overlap_with_train: int | None = None,
+                      step: int | None = None) -> HeldOutResult:
+    """calibrate_model's calibration, and each question's F1 at its threshold with the
+    question's article, for paired comparisons of checkpoints (every rank gets the same)."""
     result, stats = decode(model, examples, features, cfg=cfg, device=device,
                            with_nbest=False, progress="calibrate", with_loss=True)
-    calibration = None
+    held_out = None
     if result is not None:
-        calibration = calibrate(result, gold_from_examples(examples), source=source,
+        gold = gold_from_examples(examples)
+        calibration = calibrate(result, gold, source=source,
                                 overlap_with_train=overlap_with_train)
         calibration = replace(calibration, loss=stats.get("loss"), step=step)
-    return broadcast_from_main(None, calibration)
+        _, f1 = raw_scores(gold, result.predictions_at(calibration.null_threshold))
+        held_out = HeldOutResult(calibration, [f1.get(e.id, 0.0) for e in examples],
+                                 [f"{e.article}:{e.title}" for e in examples])
+    return broadcast_from_main(None, held_out)
 
 
 @dataclass

@@ -21,7 +21,8 @@ from squadft.config import Config
 from squadft.console import say, warn
 from squadft.errors import StorageError
 from squadft.evaluate.calibration import INFERENCE_FILE, Calibration, InferenceSettings
-from squadft.flows.evaluation import calibrate_model, evaluate_dev
+from squadft.evaluate.card import CARD_FILE, model_card
+from squadft.flows.evaluation import calibrate_model, evaluate_dev, evaluate_held_out
 from squadft.flows.preparation import PreparedData, PreparedSplit, prepare, remove_leftovers
 from squadft.io import atomic_write_json, ensure_writable_dir, uninterruptible
 from squadft.modeling import check_window, load_model, load_tokenizer
@@ -87,8 +88,9 @@ def train(cfg: Config, *, on_checkpoint: OnCheckpoint | None = None,
         _say_trained(ctx, result)
         if cfg.do_eval and data.dev is not None:
             watcher.activity = "final evaluation"
-            evaluate_dev(cfg, model, data.dev, ctx, result.steps, calibration, metrics,
-                         result.selection)
+            scores = evaluate_dev(cfg, model, data.dev, ctx, result.steps, calibration,
+                                  metrics, result.selection)
+            write_model_card(cfg, ctx, result, scores, uploads)
         metrics.close(FINISHED)
         _mark_finished(cfg, ctx, result)
         barrier(ctx)  # nobody tears the group down while a peer is still in a collective
@@ -101,7 +103,7 @@ def held_out_evaluator(cfg: Config, ctx: DistributedContext, data: PreparedData
     split = data.calibration
     if split is None:
         return None
-    return lambda model, step: calibrate_model(
+    return lambda model, step: evaluate_held_out(
         model, split.examples, split.features, cfg=cfg, device=ctx.device,
         source=split.selection, overlap_with_train=split.overlap_with_train, step=step)
 
@@ -228,11 +230,36 @@ class Uploads:
                     warn(str(exc))
             raise
 
+    def send_again(self, directory: Path) -> None:
+        """`directory` changed after its upload (final/ with its model card): send it again,
+        now (the background uploader is closed by then)."""
+        if self.uploader is not None:
+            from squadft.storage.s3 import upload_directory
+
+            upload_directory(directory, self.uploader.base.child(directory.name),
+                             client=self.uploader.client, settings=self.uploader.settings)
+        elif self.on_checkpoint is not None:
+            self.on_checkpoint(directory)
+
     def finish(self, watcher: PreemptionWatcher, result: TrainResult) -> None:
         if self.uploader is not None:
             say(f"waiting for the upload of {result.final_dir} to {self.cfg.s3_uri}")
             with watcher.draining(f"upload of final/ to {self.cfg.s3_uri}"):
                 self.uploader.close(timeout=self.cfg.s3_upload_deadline)
+
+
+def write_model_card(cfg: Config, ctx: DistributedContext, result: TrainResult,
+                     scores: dict[str, Any], uploads: Uploads) -> None:
+    """Rank 0: final/README.md, a Hugging Face model card with the dev scores (they exist only
+    now), and final/ sent to the bucket once more with it."""
+    if not ctx.is_main or result.final_dir is None:
+        return
+    selection = {k: v for k, v in (result.selection or {}).items() if k != "calibration"}
+    card = model_card(cfg.to_dict(redact=True), scores, selection=selection or None,
+                      name=Path(cfg.output_dir).resolve().name)
+    with uninterruptible():
+        add_to_final(result.final_dir, CARD_FILE, card, result.steps)
+    uploads.send_again(Path(result.final_dir))
 
 
 def _say_trained(ctx: DistributedContext, result: TrainResult) -> None:

@@ -35,6 +35,7 @@ from squadft.io import (
     ErrorKeepingWriter,
     apply_umask,
     atomic_write_json,
+    atomic_write_text,
     describe_os_error,
     is_write_failure,
     remove_temp_tree,
@@ -286,10 +287,14 @@ def save_final(output_dir: str | os.PathLike[str], model: Any, tokenizer: Any, c
 
 
 def add_to_final(final_dir: str | os.PathLike[str], name: str, content: Any, step: int) -> None:
-    """Write one more JSON file into final/ and rewrite its manifest (still written last)."""
+    """Write one more file into final/ (text as it is, anything else as JSON) and rewrite its
+    manifest (still written last)."""
     final_dir = Path(final_dir)
     try:
-        atomic_write_json(final_dir / name, content)
+        if isinstance(content, str):
+            atomic_write_text(final_dir / name, content)
+        else:
+            atomic_write_json(final_dir / name, content)
         write_manifest(final_dir, step)
     except OSError as exc:
         raise StorageError(describe_os_error(exc, final_dir / name)) from None

@@ -60,7 +60,7 @@ from squadft.train.checkpoint import (
     set_rng_state,
 )
 from squadft.train.schedule import make_scheduler, warmup_steps_for
-from squadft.train.selection import Selection, eval_points
+from squadft.train.selection import HeldOutResult, Selection, eval_points
 from squadft.train.tracking import METRICS_FILE, MetricsLogger
 
 __all__ = ["METRICS_FILE", "PreemptionWatcher", "TrainResult", "Trainer", "train_model"]
@@ -71,8 +71,8 @@ TRAIN_RESULTS_FILE = "train_results.json"
 # directories are kept by the local rotation until their upload is done.
 OnCheckpoint = Callable[[Path], None]
 # Evaluates the weights on the held-out articles (every rank calls it): (model, step) ->
-# squadft.evaluate.calibration.Calibration, the same on every rank.
-HeldOutEvaluator = Callable[[torch.nn.Module, int], Any]
+# a squadft.train.selection.HeldOutResult, the same on every rank.
+HeldOutEvaluator = Callable[[torch.nn.Module, int], HeldOutResult]
 
 
 @dataclass
@@ -526,11 +526,12 @@ class Trainer:
             return False
         activity, watcher.activity = watcher.activity, "held-out evaluation"
         began = time.perf_counter()
-        calibration = self.last_calibration = self.held_out(self.model, step)
+        result = self.held_out(self.model, step)
+        self.last_calibration = result.calibration
         self.model.train()
         watcher.activity = activity
         selection = self.selection
-        selection.record(calibration, step, min_delta=cfg.early_stopping_threshold)
+        selection.record(result, step, min_delta=cfg.early_stopping_threshold)
         if selection.should_stop(cfg.early_stopping_patience) and step < self.total_steps:
             selection.stopped_early_at = step
         if self.ctx.is_main:

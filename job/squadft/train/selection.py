@@ -14,8 +14,20 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from squadft.evaluate.calibration import Calibration
+from squadft.evaluate.uncertainty import Interval, article_bootstrap
 
 HELD_OUT_KEYS = ("f1", "exact", "HasAns_f1", "NoAns_f1")
+
+
+@dataclass(frozen=True)
+class HeldOutResult:
+    """One evaluation on the held-out articles: the calibration (threshold and scores) and,
+    for paired comparisons between checkpoints, each question's F1 at that threshold with
+    its article, in a fixed question order."""
+
+    calibration: Calibration
+    question_f1: list[float] = field(default_factory=list)
+    articles: list[str] = field(default_factory=list)
 
 
 def eval_points(total_steps: int, eval_steps: int, steps_per_epoch: float) -> list[int]:
@@ -51,9 +63,18 @@ class Selection:
     best: dict[str, Any] | None = None  # a history entry, with its calibration
     since_best: int = 0  # evaluations in a row that did not beat the best by min_delta
     stopped_early_at: int | None = None
+    articles: list[str] = field(default_factory=list)  # of the held-out questions, in order
+    question_f1: dict[str, list[float]] = field(default_factory=dict)  # str(step) -> F1s
 
-    def record(self, calibration: Calibration, step: int, *, min_delta: float = 0.0) -> bool:
+    def record(self, result: HeldOutResult | Calibration, step: int, *,
+               min_delta: float = 0.0) -> bool:
         """Add an evaluation; True when it is the new best (the first one always is)."""
+        if isinstance(result, Calibration):
+            result = HeldOutResult(result)
+        calibration = result.calibration
+        if result.question_f1 and len(result.question_f1) == len(result.articles):
+            self.articles = list(result.articles)
+            self.question_f1[str(step)] = list(result.question_f1)
         entry = held_out_record(calibration, step)
         self.history.append(entry)
         if self.best is None or entry["f1"] > self.best["f1"] + min_delta:
@@ -73,9 +94,22 @@ class Selection:
     def best_calibration(self) -> Calibration | None:
         return None if self.best is None else Calibration(**self.best["calibration"])
 
+    def margin(self) -> tuple[int, Interval] | None:
+        """(runner-up step, best F1 minus the runner-up's with its paired 95% interval over
+        the held-out articles); None with fewer than two evaluations of per-question F1."""
+        best = self.best_step
+        others = [e for e in self.history if e["step"] != best
+                  and str(e["step"]) in self.question_f1]
+        if best is None or str(best) not in self.question_f1 or not others:
+            return None
+        runner_up = max(others, key=lambda e: e["f1"])["step"]
+        first, second = self.question_f1[str(best)], self.question_f1[str(runner_up)]
+        difference = [a - b for a, b in zip(first, second, strict=True)]
+        return runner_up, article_bootstrap(self.articles, {"d": difference})["d"]
+
     def summary(self, last_step: int) -> dict[str, Any]:
         """What eval_results.json and the model card say about the choice."""
-        return {
+        summary: dict[str, Any] = {
             "chosen_step": self.best_step,
             "last_step": last_step,
             "chosen_on": "F1 on the held-out articles at each checkpoint's own calibrated "
@@ -84,6 +118,14 @@ class Selection:
             "held_out_curve": [{k: v for k, v in e.items() if k in ("step", "f1", "loss")}
                                for e in self.history],
         }
+        margin = self.margin()
+        if margin is not None:
+            runner_up, interval = margin
+            summary.update(runner_up_step=runner_up,
+                           margin_over_runner_up=[round(interval.value, 4),
+                                                  *interval.to_json()],
+                           within_noise=interval.low <= 0.0)
+        return summary
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
