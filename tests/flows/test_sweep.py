@@ -289,3 +289,31 @@ def test_status_before_any_trial_is_done(tmp_path: Path) -> None:
     rows = sweep.rank_trials(directory)
     assert [(r.state, r.chosen) for r in rows] == [("running", False), ("pending", False)]
     assert "none chosen" in sweep.format_status(rows)
+
+
+def test_status_says_when_the_chosen_trial_leads_only_within_the_noise(tmp_path: Path) -> None:
+    directory = tmp_path / "sweep"
+    assert plan_in(directory, "--grid", "learning_rate=1e-5,2e-5,3e-5").exit_code == 0
+    articles = [f"{i // 10}:title" for i in range(40)]  # 4 held-out articles of 10 questions
+    scores = {"trial-000": [1.0] * 40,                 # chosen: right everywhere
+              "trial-001": [1.0] * 30 + [0.0] * 10,    # behind on one article only
+              "trial-002": [0.0] * 40}                 # behind on every article
+    for (name, f1s), heldout in zip(scores.items(), (100.0, 75.0, 0.0), strict=True):
+        finish_trial(directory / name, heldout_f1=heldout, dev_f1=50.0)
+        (directory / name / "heldout_scores.json").write_text(json.dumps(
+            {"step": 10, "articles": articles, "f1": f1s}))
+    rows = sweep.rank_trials(directory)
+    assert [r.name for r in rows] == ["trial-000", "trial-001", "trial-002"]
+    assert rows[0].margin is None
+    value, low, high = rows[1].margin
+    assert value == pytest.approx(25.0) and low == 0.0 and high > 25.0
+    assert rows[2].margin == [100.0, 100.0, 100.0]
+    text = sweep.format_status(rows)
+    assert "chosen minus this [95%]" in text.splitlines()[0]
+    assert "+100.00 [+100.00, +100.00]" in text
+    assert ("the chosen trial's lead over trial-001 is within the noise (its 95% interval over "
+            "the held-out articles reaches 0): not a clear winner") in text
+    # different held-out questions cannot be paired: no margin rather than a wrong one
+    (directory / "trial-002" / "heldout_scores.json").write_text(json.dumps(
+        {"step": 10, "articles": articles[:20], "f1": [0.0] * 20}))
+    assert sweep.rank_trials(directory)[2].margin is None

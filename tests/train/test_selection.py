@@ -113,6 +113,10 @@ def test_the_best_held_out_step_becomes_final_with_its_threshold(
     assert f1["F1 at the calibrated threshold"] == round(results["f1"], 2)
     assert "Weights: step 4 of 6" in card.text
     assert verify_manifest(out / "final")  # the card is in final/'s manifest
+    # the chosen step's per-question held-out F1, for paired comparisons across a sweep
+    scores = json.loads((out / "heldout_scores.json").read_text())
+    assert scores["step"] == 4 and len(scores["f1"]) == len(scores["articles"]) > 100
+    assert "question_f1" not in json.loads((out / "train_results.json").read_text())["selection"]
 
 
 def test_early_stopping_saves_the_best_and_says_why(

@@ -239,7 +239,8 @@ def evaluate_dev(cfg: Config, model: Any, dev: PreparedSplit, ctx: DistributedCo
     model.eval()
     extra = None
     if selection is not None:
-        extra = {"selection": {k: v for k, v in selection.items() if k != "calibration"}}
+        extra = {"selection": {k: v for k, v in selection.items()
+                               if k not in ("calibration", "question_f1")}}
     scores = evaluate_model(model, dev.examples, dev.features, cfg=cfg, threshold=threshold,
                             output_dir=cfg.output_dir, device=ctx.device, gold=answers,
                             extra=extra)

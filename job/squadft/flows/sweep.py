@@ -46,7 +46,9 @@ from squadft.errors import (
     SquadftError,
 )
 from squadft.evaluate.calibration import INFERENCE_FILE, InferenceSettings
+from squadft.evaluate.uncertainty import article_bootstrap
 from squadft.io import atomic_write_json, atomic_write_text, read_json_file
+from squadft.train.selection import HELD_OUT_SCORES_FILE
 
 PLAN_FILE = "sweep.json"
 SLURM_FILE = "sweep.sbatch"
@@ -495,6 +497,9 @@ class TrialRow:
     rank: int | None = None
     chosen: bool = False
     dev_f1: float | None = None
+    # the chosen trial's held-out F1 minus this one's, [value, low, high] of its paired 95%
+    # interval over the held-out articles (both need heldout_scores.json on the same questions)
+    margin: list[float] | None = None
 
 
 def rank_trials(sweep_dir: str | os.PathLike[str]) -> list[TrialRow]:
@@ -509,7 +514,30 @@ def rank_trials(sweep_dir: str | os.PathLike[str]) -> list[TrialRow]:
         dev = Path(sweep_dir) / ranked[0].name / "eval_results.json"
         dev_f1 = read_json_file(dev, "dev results").get("f1") if dev.is_file() else None
         ranked[0] = dataclasses.replace(ranked[0], chosen=True, dev_f1=dev_f1)
+        ranked = _with_margins(Path(sweep_dir), ranked)
     return ranked + [r for r in rows if r.heldout_f1 is None]
+
+
+def _held_out_scores(trial_dir: Path) -> dict[str, Any] | None:
+    path = trial_dir / HELD_OUT_SCORES_FILE
+    data = read_json_file(path, "held-out scores") if path.is_file() else None
+    return data if isinstance(data, dict) and {"articles", "f1"} <= set(data) else None
+
+
+def _with_margins(sweep_dir: Path, ranked: list[TrialRow]) -> list[TrialRow]:
+    """Each scored trial's distance from the chosen one, paired over the held-out articles."""
+    chosen = _held_out_scores(sweep_dir / ranked[0].name)
+    if chosen is None:
+        return ranked
+    out = [ranked[0]]
+    for row in ranked[1:]:
+        other = _held_out_scores(sweep_dir / row.name)
+        if other is not None and other["articles"] == chosen["articles"]:
+            difference = [a - b for a, b in zip(chosen["f1"], other["f1"], strict=True)]
+            interval = article_bootstrap(chosen["articles"], {"d": difference})["d"]
+            row = dataclasses.replace(row, margin=[interval.value, interval.low, interval.high])
+        out.append(row)
+    return out
 
 
 def _read_trial(trial_dir: Path, trial: Mapping[str, Any]) -> TrialRow:
@@ -527,12 +555,17 @@ def _read_trial(trial_dir: Path, trial: Mapping[str, Any]) -> TrialRow:
 def format_status(rows: Sequence[TrialRow]) -> str:
     """The ranking as a text table, with what the chosen mark and the dev column mean."""
     keys = list(dict.fromkeys(key for row in rows for key in row.settings))
-    header = ["", "rank", "trial", "state", "held-out F1", "dev F1", *keys]
+    margins = any(row.margin is not None for row in rows)
+    header = ["", "rank", "trial", "state", "held-out F1",
+              *(["chosen minus this [95%]"] if margins else []), "dev F1", *keys]
     table = [header]
     for row in rows:
         state = row.state if row.exit_code in (None, 0) else f"{row.state} (exit {row.exit_code})"
+        margin = "—" if row.margin is None else \
+            f"{row.margin[0]:+.2f} [{row.margin[1]:+.2f}, {row.margin[2]:+.2f}]"
         table.append(["*" if row.chosen else "", str(row.rank or "-"), row.name, state,
                       "—" if row.heldout_f1 is None else f"{row.heldout_f1:.2f}",
+                      *([margin] if margins else []),
                       "—" if row.dev_f1 is None else f"{row.dev_f1:.2f}",
                       *(show(row.settings[k]) if k in row.settings else "" for k in keys)])
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
@@ -544,5 +577,9 @@ def format_status(rows: Sequence[TrialRow]) -> str:
     else:
         lines.append(f"* chosen: {chosen.name}, the highest held-out F1 (F1 at its calibrated "
                      f"no-answer threshold on articles held out of training, {INFERENCE_FILE})")
+    close = [row.name for row in rows if row.margin is not None and row.margin[1] <= 0.0]
+    if close:
+        lines.append(f"the chosen trial's lead over {', '.join(close)} is within the noise (its "
+                     "95% interval over the held-out articles reaches 0): not a clear winner")
     lines.append("dev F1 is shown for the chosen trial only: the selection never saw dev")
     return "\n".join(lines)

@@ -254,7 +254,8 @@ def write_model_card(cfg: Config, ctx: DistributedContext, result: TrainResult,
     now), and final/ sent to the bucket once more with it."""
     if not ctx.is_main or result.final_dir is None:
         return
-    selection = {k: v for k, v in (result.selection or {}).items() if k != "calibration"}
+    selection = {k: v for k, v in (result.selection or {}).items()
+                 if k not in ("calibration", "question_f1")}
     card = model_card(cfg.to_dict(redact=True), scores, selection=selection or None,
                       name=Path(cfg.output_dir).resolve().name)
     with uninterruptible():

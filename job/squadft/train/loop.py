@@ -60,7 +60,7 @@ from squadft.train.checkpoint import (
     set_rng_state,
 )
 from squadft.train.schedule import make_scheduler, warmup_steps_for
-from squadft.train.selection import HeldOutResult, Selection, eval_points
+from squadft.train.selection import HELD_OUT_SCORES_FILE, HeldOutResult, Selection, eval_points
 from squadft.train.tracking import METRICS_FILE, MetricsLogger
 
 __all__ = ["METRICS_FILE", "PreemptionWatcher", "TrainResult", "Trainer", "train_model"]
@@ -677,6 +677,10 @@ class Trainer:
             last = self.last_calibration
             summary["calibration"] = asdict(last) if last is not None and \
                 last.step == self.state.step else None
+        scores = self.selection.question_f1.get(str(summary["chosen_step"]))
+        if scores is not None:  # for sweeps: trials compared question by question
+            summary["question_f1"] = {"step": summary["chosen_step"],
+                                      "articles": self.selection.articles, "f1": scores}
         return summary
 
 
@@ -716,7 +720,11 @@ def train_model(
             finally:  # closed on an error too, so that the error is the last line on stderr
                 metrics.close_progress()
     if ctx.is_main:
-        atomic_write_json(Path(cfg.output_dir) / TRAIN_RESULTS_FILE, asdict(result))
+        saved = asdict(result)
+        scores = (saved.get("selection") or {}).pop("question_f1", None)
+        if scores is not None:
+            atomic_write_json(Path(cfg.output_dir) / HELD_OUT_SCORES_FILE, scores)
+        atomic_write_json(Path(cfg.output_dir) / TRAIN_RESULTS_FILE, saved)
     return result
 
 

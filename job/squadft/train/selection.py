@@ -17,6 +17,8 @@ from squadft.evaluate.calibration import Calibration
 from squadft.evaluate.uncertainty import Interval, article_bootstrap
 
 HELD_OUT_KEYS = ("f1", "exact", "HasAns_f1", "NoAns_f1")
+# a run's held-out questions (articles) and their F1 at the chosen step, to compare runs paired
+HELD_OUT_SCORES_FILE = "heldout_scores.json"
 
 
 @dataclass(frozen=True)
