@@ -339,10 +339,13 @@ def predict(
              "\"always no answer\"; F1 by question word and by answer length; the worst "
              "errors. Several runs: curves overlaid, metrics side by side. Also works on a "
              "run still training or not evaluated yet. Writes RUN_DIR/report.html (with "
-             "several runs: into the first one) unless --output says where.")
+             "several runs: into the first one) unless --output says where. A sweep "
+             "directory (given alone): its trials ranked by held-out F1, the chosen one "
+             "marked, then its done trials as runs.")
 def report_command(
     run_dirs: Annotated[list[str], typer.Argument(
-        help="Run directories (output_dir of `squadft train`).", metavar="RUN_DIR")],
+        help="Run directories (output_dir of `squadft train`), or one sweep directory "
+        "(`squadft sweep plan`).", metavar="RUN_DIR")],
     output: Annotated[str | None, typer.Option(
         "--output", help="Write the HTML here [default: report.html in the first RUN_DIR].")
     ] = None,

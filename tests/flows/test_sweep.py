@@ -317,3 +317,15 @@ def test_status_says_when_the_chosen_trial_leads_only_within_the_noise(tmp_path:
     (directory / "trial-002" / "heldout_scores.json").write_text(json.dumps(
         {"step": 10, "articles": articles[:20], "f1": [0.0] * 20}))
     assert sweep.rank_trials(directory)[2].margin is None
+
+
+def test_a_trial_state_file_of_the_wrong_shape_is_shown_not_a_crash(tmp_path: Path) -> None:
+    directory = tmp_path / "sweep"
+    assert plan_in(directory, "--grid", "epochs=1,2").exit_code == 0
+    finish_trial(directory / "trial-000", heldout_f1=50.0, dev_f1=40.0)
+    (directory / "trial-001").mkdir()
+    (directory / "trial-001" / sweep.STATE_FILE).write_text("[1, 2]")
+    result = CliRunner().invoke(app, ["sweep", "status", str(directory)])
+    assert result.exit_code == 0, result.output
+    assert f"unknown ({sweep.STATE_FILE} is not an object)" in result.output
+    assert "* chosen: trial-000" in result.output

@@ -7,7 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
-from squadft.report.figures import threshold_figure, training_figures
+from squadft.report.figures import answerability_figure, threshold_figure, training_figures
 from squadft.report.page import write_report
 from squadft.report.runs import load_runs
 
@@ -136,3 +136,19 @@ def test_the_held_out_curve_rings_the_step_chosen_for_final(tmp_path: Path,
     assert list(curve.get_xdata()) == [10, 20, 30] and list(curve.get_ydata()) == [40, 55, 50]
     assert baseline.get_linestyle() == ":" and set(baseline.get_ydata()) == {46.7}
     assert (list(ring.get_xdata()), list(ring.get_ydata())) == ([20], [55.0])
+
+
+def test_long_labels_keep_the_answerability_legend_inside_the_figure(evaluated_run: Path
+                                                                      ) -> None:
+    # a sweep labels its trials with their settings: in one row inside each plot, three such
+    # labels ran off the figure
+    runs = load_runs([evaluated_run, evaluated_run, evaluated_run])
+    for n, run in enumerate(runs):
+        run.label = f"trial-00{n} learning_rate={n + 1}e-05 model=/models/distilbert-base-uncased"
+    fig = answerability_figure(runs)
+    fig.canvas.draw()
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    assert legends and all(fig.bbox.contains(*corner) for legend in legends
+                           for corner in legend.get_window_extent().corners())
+    labels = [t.get_text() for legend in legends for t in legend.get_texts()]
+    assert labels == [run.label for run in runs] + ["always no answer"]

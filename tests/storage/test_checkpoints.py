@@ -96,6 +96,33 @@ def test_newer_checkpoint_supersedes_the_queued_one(
     assert not any("checkpoint-2" in path for _, path in proxy.requests)
 
 
+def test_the_best_checkpoint_waiting_for_upload_is_never_superseded(
+    tmp_path: Path, proxy: FaultProxy, bucket: str
+) -> None:
+    """checkpoint-2 is the best by held-out F1 (protected) and waits while checkpoint-1 is
+    uploaded: checkpoint-3 queues behind it instead of replacing it, so the bucket has the
+    weights final/ is made from (a new node after a crash fetches them there)."""
+    gate = threading.Event()
+    held = proxy.add(Fault("hold", method="PUT", path="checkpoint-1/", gate=gate, times=1))
+    settings = fast_settings(proxy.url)
+    base = S3Location(bucket, "run")
+    uploader = CheckpointUploader(base, client=make_client(settings), settings=settings, keep=1)
+    first, second, third, fourth = (make_checkpoint(tmp_path, step) for step in (1, 2, 3, 4))
+    uploader.submit(first)
+    assert held.matched.wait(30)  # checkpoint-1 is on the wire now
+    uploader.protect(frozenset({2}))
+    uploader.submit(second)
+    uploader.submit(third)  # checkpoint-2 is the best: it stays queued
+    uploader.submit(fourth)  # replaces checkpoint-3 only
+    assert uploader.busy_paths() == {first, second, fourth}
+    gate.set()
+    uploader.close(timeout=30)
+    assert [r.step for r in uploader.results] == [1, 2, 4]
+    assert uploader.superseded == [third]
+    client = make_client(fast_settings(proxy.url))
+    assert [c.step for c in list_remote_checkpoints(client, base)] == [4, 2]
+
+
 def test_failing_upload_surfaces_and_keeps_local_copy(
     tmp_path: Path, proxy: FaultProxy, bucket: str, admin_client: Any
 ) -> None:

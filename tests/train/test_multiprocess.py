@@ -106,6 +106,61 @@ def test_a_nan_loss_on_one_rank_skips_the_step_on_every_rank(tiny_settings: Any,
     assert verify_manifest(out / "final")
 
 
+def test_every_rank_takes_the_same_held_out_decisions(tiny_settings: Any,
+                                                       tmp_path: Path) -> None:
+    """Held-out F1 30, 50, 40, 35 at steps 2-8 (only rank 0 computes it; rank 1 learns it from
+    the evaluator's broadcast): both ranks record the same evaluations, choose step 4, stop
+    early at step 8 of 12, and end with step 4's weights, bit for bit, as final/ does."""
+    settings = tiny_settings("ddp-select", max_steps=12, eval_steps=2, batch_size=4,
+                             early_stopping_patience=2, save_total_limit=1)
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    done = run([*TORCHRUN, "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "tests/train/ddp_worker.py",
+                json.dumps(settings), str(dump)],
+               env=subprocess_env(**GLOO_ENV, DDP_WORKER_HELD_OUT_F1="30,50,40,35"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (json.loads((dump / f"outcome-{r}.json").read_text()) for r in (0, 1))
+    assert rank0["calibrations"] == [1, 2, 3, 4] and rank1["calibrations"] == []
+    assert rank0["selection"] == rank1["selection"]  # curve, choice, stop, calibration
+    selection = rank0["selection"]
+    assert rank0["steps"] == rank1["steps"] == 8
+    assert [(p["step"], p["f1"]) for p in selection["held_out_curve"]] == [
+        (2, 30.0), (4, 50.0), (6, 40.0), (8, 35.0)]
+    assert selection["chosen_step"] == 4 and selection["stopped_early_at"] == 8
+    assert selection["calibration"]["null_threshold"] == 5.0
+    weights = [load_file(dump / f"rank-{r}.safetensors") for r in (0, 1)]
+    assert max_weight_difference(weights[0], weights[1]) == 0
+    out = Path(settings["output_dir"])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+    assert max_weight_difference(weights[0], load_weights(out / "checkpoint-4")) == 0
+    assert max_weight_difference(weights[0], load_weights(out / "final")) == 0
+    assert max_weight_difference(weights[0], load_weights(out / "checkpoint-8")) > 0
+    assert verify_manifest(out / "final")
+
+
+def test_an_unreadable_best_checkpoint_fails_every_rank_with_the_same_error(
+    tiny_settings: Any, tmp_path: Path
+) -> None:
+    """Rank 0 cannot read the best checkpoint's weights for final/: every rank raises its
+    StorageError (exit 5), none is left waiting in the broadcast or dies of a lost peer."""
+    settings = tiny_settings("ddp-lost-best", max_steps=4, eval_steps=2, batch_size=4)
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    done = run([*TORCHRUN, "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "tests/train/ddp_worker.py",
+                json.dumps(settings), str(dump)], timeout=120,
+               env=subprocess_env(**GLOO_ENV, DDP_WORKER_HELD_OUT_F1="50,40",
+                                  DDP_WORKER_LOSE_BEST="1"))
+    assert done.returncode != 0
+    assert (dump / "outcome-1.json").is_file(), done.stderr[-3000:]
+    outcomes = [json.loads((dump / f"outcome-{r}.json").read_text()) for r in (0, 1)]
+    assert outcomes[0] == outcomes[1], done.stderr[-3000:]
+    assert "cannot read the best checkpoint" in outcomes[0]["error"]
+    assert "chose step 2" in outcomes[0]["error"]
+    assert not (Path(settings["output_dir"]) / "final").exists()
+
+
 def test_two_torchrun_nodes_with_c10d_rendezvous(tiny_settings: Any, tmp_path: Path,
                                                   reference: Path) -> None:
     settings = tiny_settings("nodes", **{**REFERENCE, "batch_size": 4})

@@ -1,4 +1,4 @@
-"""final/README.md: a Hugging Face model card, so that final/ can be published as it is.
+"""The model card (README.md in final/), so that final/ can be published as it is.
 
 Its YAML metadata holds `model-index` with the dev scores at the calibrated threshold, HasAns
 and NoAns, the "always no answer" baseline and the oracle, named as tuned on the same

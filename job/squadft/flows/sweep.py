@@ -544,6 +544,9 @@ def _read_trial(trial_dir: Path, trial: Mapping[str, Any]) -> TrialRow:
     state, code, f1 = "pending", None, None
     if (trial_dir / STATE_FILE).is_file():
         saved = read_json_file(trial_dir / STATE_FILE, "trial state")
+        if not isinstance(saved, dict):  # not written by squadft: say so, rank the others
+            return TrialRow(trial["name"], dict(trial["settings"]),
+                            f"unknown ({STATE_FILE} is not an object)", None, None)
         state, code = saved.get("state", "unknown"), saved.get("exit_code")
     if state == "done":
         settings = InferenceSettings.load(trial_dir / "final")

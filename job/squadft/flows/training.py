@@ -250,7 +250,7 @@ class Uploads:
 
 def write_model_card(cfg: Config, ctx: DistributedContext, result: TrainResult,
                      scores: dict[str, Any], uploads: Uploads) -> None:
-    """Rank 0: final/README.md, a Hugging Face model card with the dev scores (they exist only
+    """Rank 0: the model card (README.md in final/) with the dev scores (they exist only
     now), and final/ sent to the bucket once more with it."""
     if not ctx.is_main or result.final_dir is None:
         return

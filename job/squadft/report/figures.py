@@ -278,8 +278,12 @@ def answerability_figure(runs: Sequence[Run]) -> Any:
         _grouped_bars(ax, ticks, bars)
         ax.set_title(title)
     axes[0].set_ylabel("percent")
-    for ax in axes:
-        ax.legend(fontsize=8, loc="upper center", ncol=len(scored) + 1)
+    # one legend above both plots, in as many columns as its labels fit (a sweep's trial
+    # labels, with their settings, are long: in one row inside each plot they ran off it)
+    handles, labels = axes[0].get_legend_handles_labels()
+    columns = 130 // (max(len(label) for label in labels) + 6)
+    fig.legend(handles, labels, fontsize=8, loc="outside upper center",
+               ncol=max(1, min(len(labels), columns)))
     return fig
 
 

@@ -13,10 +13,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from squadft.console import say
 from squadft.errors import ConfigError
 from squadft.io import atomic_write_text
 from squadft.report import figures, tables
 from squadft.report.runs import Run, load_runs
+from squadft.report.sweeps import Sweep, is_sweep, load_sweep, sweep_html
 
 REPORT_FILE = "report.html"
 DEFAULT_ERRORS = 25
@@ -33,7 +35,7 @@ white-space:nowrap}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:12px}
 figure{margin:0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555}table.errors td{max-width:360px;word-wrap:break-word}
-code{background:#f4f4f6;padding:0 3px}
+code{background:#f4f4f6;padding:0 3px}tr.chosen td{background:#e6f4e6;font-weight:600}
 """
 _THRESHOLD_CAPTION = (
     "Each question is answered with its best span when null score - best span score is at most "
@@ -238,21 +240,35 @@ def _thresholds_html(run: Run, several: bool) -> str:
             "choice.</p>")
 
 
-def render_html(runs: Sequence[Run], *, errors: int = DEFAULT_ERRORS) -> str:
-    """The whole page (figures embedded); pure apart from drawing."""
+def render_html(runs: Sequence[Run], *, errors: int = DEFAULT_ERRORS,
+                sweep: Sweep | None = None) -> str:
+    """The whole page (figures embedded); pure apart from drawing. With a sweep: its ranking
+    first, then `runs`, its done trials."""
     names = ", ".join(r.label for r in runs)
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    title, h1 = f"squadft report: {names}", f"squadft run report: {names}"
+    if sweep is not None:
+        title = h1 = f"squadft sweep report: {sweep.path.resolve().name}"
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>squadft report: {esc(names)}</title>", f"<style>{_CSS}</style>",
-             "</head><body>", f"<h1>squadft run report: {esc(names)}</h1>",
+             f"<title>{esc(title)}</title>", f"<style>{_CSS}</style>",
+             "</head><body>", f"<h1>{esc(h1)}</h1>",
              f'<p class="muted">Written {esc(now)} by <code>squadft report</code> from '
-             + ", ".join(f"<code>{esc(r.path)}</code>" for r in runs) + ".</p>"]
+             + ", ".join(f"<code>{esc(p)}</code>" for p in (
+                 [sweep.path] if sweep is not None else [r.path for r in runs])) + ".</p>"]
+    if sweep is not None:
+        parts.append(sweep_html(sweep))
+        if not runs:
+            parts.append("<p>No trial is done yet: no run to report.</p></body></html>\n")
+            return "\n".join(parts)
+        parts.append('<h2 id="trials">Done trials</h2>' if sweep.rows is not None
+                     else '<h2 id="trials">Trials</h2>')
+    named = len(runs) > 1 or sweep is not None  # which run each line and column is
     for run in runs:
-        prefix = f"{run.label}: " if len(runs) > 1 else ""
+        prefix = f"{run.label}: " if named else ""
         parts.append(f"<p><b>{esc(prefix)}</b>{esc(run.status)}</p>")
         for note in run.notes:
             parts.append(f'<div class="note">{esc(prefix + note)}</div>')
-    columns = [r.label for r in runs] if len(runs) > 1 else ["value"]
+    columns = [r.label for r in runs] if named else ["value"]
     parts.append('<h2 id="metrics">Metrics</h2>')
     parts.append(_table(["metric", *columns], _metrics_rows(runs), "metrics"))
     parts.append("<p class=\"muted\">EM/F1: official SQuAD 2.0 scores at the no-answer "
@@ -316,10 +332,20 @@ def _evaluation_html(runs: Sequence[Run], errors: int) -> list[str]:
 def write_report(run_dirs: Sequence[str | Path], *, output: str | Path | None = None,
                  data: str | None = None, errors: int = DEFAULT_ERRORS
                  ) -> tuple[Path, list[Run]]:
-    """Read the runs, draw, write the page (atomically); (its path, the runs read)."""
+    """Read the runs (a sweep directory alone: its done trials), draw, write the page
+    (atomically); (its path, the runs read)."""
     if errors < 0:
         raise ConfigError("--errors must be 0 or more")
-    runs = load_runs(run_dirs, data=data)
+    sweep = None
+    if any(is_sweep(p) for p in run_dirs):
+        if len(run_dirs) > 1:
+            raise ConfigError(f"{next(p for p in run_dirs if is_sweep(p))} is a sweep directory "
+                              "(it holds sweep.json): report it alone")
+        sweep, runs = load_sweep(run_dirs[0], data=data)
+        for note in sweep.notes:
+            say(f"{sweep.path.resolve().name}: {note}", err=True)
+    else:
+        runs = load_runs(run_dirs, data=data)
     target = Path(output) if output is not None else Path(run_dirs[0]) / REPORT_FILE
-    atomic_write_text(target, render_html(runs, errors=errors))
+    atomic_write_text(target, render_html(runs, errors=errors, sweep=sweep))
     return target, runs

@@ -8,10 +8,12 @@ Only rank 0 uploads. The training loop hands each locally complete checkpoint to
 ``CheckpointUploader.submit`` and goes on; one background thread uploads them one at a time.
 
 Queue policy: at most one upload in flight and at most ONE waiting. A checkpoint submitted while
-another waits replaces (supersedes) the waiting one, which is then never uploaded. Resume only
-ever needs the newest checkpoint, so uploading an older one first would delay the moment the
-bucket holds a usable recent state and would cost bandwidth for a state that pruning deletes
-anyway. The upload in flight is never interrupted (it becomes the fallback if the newer fails).
+another waits replaces (supersedes) the waiting one, which is then never uploaded; except a
+protected one (the best by held-out F1, which final/ is made from), which keeps its place, the
+new one waiting behind it. Resume only ever needs the newest checkpoint, so uploading an older
+one first would delay the moment the bucket holds a usable recent state and would cost
+bandwidth for a state that pruning deletes anyway. The upload in flight is never interrupted
+(it becomes the fallback if the newer fails).
 """
 
 from __future__ import annotations
@@ -211,7 +213,7 @@ class CheckpointUploader:
         self.keep = keep
         self.protected: frozenset[int] = frozenset()  # steps pruning keeps (see `protect`)
         self._condition = threading.Condition()
-        self._pending: Path | None = None
+        self._pending: list[Path] = []  # waiting, in order: a protected one, then the newest
         self._in_flight: Path | None = None
         self._closed = False
         self._last_submitted: Path | None = None
@@ -243,11 +245,12 @@ class CheckpointUploader:
         with self._condition:
             if self._closed:
                 raise StorageError(f"cannot upload {directory}: the uploader is closed")
-            if self._pending is not None:
-                say(f"{self._pending.name} superseded by {directory.name} before its upload "
+            kept = [p for p in self._pending if step_from_dir_name(p.name) in self.protected]
+            for waiting in (p for p in self._pending if p not in kept):
+                say(f"{waiting.name} superseded by {directory.name} before its upload "
                     "started (only the newest waiting checkpoint is uploaded)", err=True)
-                self.superseded.append(self._pending)
-            self._pending = directory
+                self.superseded.append(waiting)
+            self._pending = [*kept, directory]
             self._last_submitted = directory
             self._condition.notify_all()
 
@@ -256,13 +259,13 @@ class CheckpointUploader:
     def busy_paths(self) -> set[Path]:
         """Local directories waiting or being uploaded: local pruning must keep these."""
         with self._condition:
-            return {p for p in (self._pending, self._in_flight) if p is not None}
+            return {p for p in (*self._pending, self._in_flight) if p is not None}
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until nothing is waiting or in flight; False if `timeout` ran out first."""
         with self._condition:
             return self._condition.wait_for(
-                lambda: self._pending is None and self._in_flight is None, timeout=timeout)
+                lambda: not self._pending and self._in_flight is None, timeout=timeout)
 
     def close(self, timeout: float | None = None) -> None:
         """Wait for the last upload (e.g. within the SIGTERM grace period), stop the thread, and
@@ -271,7 +274,7 @@ class CheckpointUploader:
         with self._condition:
             self._closed = True
             self._condition.notify_all()
-            busy = self._in_flight or self._pending
+            busy = self._in_flight or next(iter(self._pending), None)
         if not finished:
             raise StorageError(
                 f"upload of {busy} to {self.base.uri} still running after {timeout:.0f}s; "
@@ -291,10 +294,10 @@ class CheckpointUploader:
     def _run(self) -> None:
         while True:
             with self._condition:
-                self._condition.wait_for(lambda: self._pending is not None or self._closed)
-                if self._pending is None:
+                self._condition.wait_for(lambda: bool(self._pending) or self._closed)
+                if not self._pending:
                     return
-                directory, self._pending = self._pending, None
+                directory = self._pending.pop(0)
                 self._in_flight = directory
             try:
                 self._upload_one(directory)

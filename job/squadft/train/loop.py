@@ -556,22 +556,32 @@ class Trainer:
         best, step = self.selection.best_step, self.state.step
         if not self.cfg.select_best or best is None or best == step:
             return
-        state_dict = None
+        state_dict, error = None, None
         if self.ctx.is_main:
-            path = self.output_dir / f"checkpoint-{best}"
-            if not (path / "manifest.json").is_file() and self.remote_finder and self.cfg.s3_uri:
-                path = self.remote_finder(f"{self.cfg.s3_uri.rstrip('/')}/checkpoint-{best}",
-                                          None) or path
             try:
-                state_dict = load_model_state(path)
-            except (OSError, ValueError) as exc:
-                raise StorageError(f"cannot read the best checkpoint {path} (held-out F1 "
-                                   f"chose step {best}): {exc}") from None
-            say(f"final/ gets the weights of step {best}, the best on the held-out articles "
-                f"(F1 {self.selection.best['f1']:.2f}; the last step, {step}: "
-                f"{self.selection.history[-1]['f1']:.2f})")
-        state_dict = broadcast_from_main(self.ctx, state_dict)
+                state_dict = self._read_best_weights(best)
+            except Exception as exc:  # raised on every rank: none waits for weights, or dies
+                error = exc           # of a lost peer with a traceback
+            else:
+                say(f"final/ gets the weights of step {best}, the best on the held-out "
+                    f"articles (F1 {self.selection.best['f1']:.2f}; the last step, {step}: "
+                    f"{self.selection.history[-1]['f1']:.2f})")
+        state_dict, error = broadcast_from_main(self.ctx, (state_dict, error))
+        if error is not None:
+            raise error
         self.model.load_state_dict(state_dict)
+
+    def _read_best_weights(self, best: int) -> dict[str, torch.Tensor]:
+        """Rank 0: checkpoint-<best>'s weights, from the bucket if the disk lacks them."""
+        path = self.output_dir / f"checkpoint-{best}"
+        if not (path / "manifest.json").is_file() and self.remote_finder and self.cfg.s3_uri:
+            path = self.remote_finder(f"{self.cfg.s3_uri.rstrip('/')}/checkpoint-{best}",
+                                      None) or path
+        try:
+            return load_model_state(path)
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"cannot read the best checkpoint {path} (held-out F1 "
+                               f"chose step {best}): {exc}") from None
 
     # --- the loop -------------------------------------------------------------------------
 
