@@ -293,10 +293,13 @@ def score(
 
 
 @model_command(help="Answer questions with a saved model: one --question/--context pair, "
-               "or --input questions.jsonl ({\"id\", \"question\", \"context\"} per line; "
-               "without an id, line-N). Prints JSON lines; the answer is \"\" when the model "
-               "finds no answer. A --question/--context pair's id is a digest of the two, "
-               "the same on every run.")
+               "or --input FILE: JSON lines ({\"id\", \"question\", \"context\"} per line; "
+               "without an id, line-N) or a SQuAD .json/.json.gz file, answered in chunks of "
+               "16 x --batch-size questions (bounded memory), across ranks under torchrun. "
+               "Writes JSON lines (to stdout unless --output): id, answer (\"\" when the "
+               "model finds no answer), decision (answered/no_answer), score, null_score, "
+               "null_score_diff, no_answer_probability, best_span, null_threshold. A "
+               "--question/--context pair's id is a digest of the two, the same on every run.")
 def predict(
     cfg: Config,
     settings: Any,
@@ -306,14 +309,21 @@ def predict(
         str | None, typer.Option("--context", help="The passage holding the answer.")
     ] = None,
     input: Annotated[
-        str | None, typer.Option("--input", help="JSON-lines file of questions (batch mode).")
+        str | None, typer.Option("--input", help="JSON-lines or SQuAD file of questions "
+                                 "(batch mode).")
     ] = None,
     output: Annotated[
-        str | None, typer.Option("--output", help="Write the JSON lines here, not to stdout.")
+        str | None, typer.Option("--output", help="Write the JSON lines here, not to stdout "
+                                 "(whole or not at all: a temp file renamed at the end).")
     ] = None,
+    on_bad_line: Annotated[
+        str, typer.Option("--on-bad-line", help="A malformed --input line (bad JSON, a "
+                          "missing/empty/wrong-typed field, a repeated id): 'stop' ends the "
+                          "run with exit 3 naming the line and writes nothing, so a broken "
+                          "file is never mistaken for a complete answer set; 'skip' answers "
+                          "the other lines and lists the skipped ones on stderr.")
+    ] = "stop",
 ) -> None:
-    import json
-
     from squadft.errors import ConfigError
     from squadft.flows import prediction
 
@@ -322,14 +332,15 @@ def predict(
     if input is None and (question is None or context is None):
         raise ConfigError("--question and --context go together")
     if input is not None:
-        questions = prediction.read_questions_jsonl(input)
+        questions, total = prediction.read_questions(input)
     else:
-        questions = [prediction.question_from_flags(question or "", context or "")]
-    answers = prediction.run_prediction(cfg, model_dir=model, questions=questions,
-                                        settings=settings, output_path=output)
-    if output is None:
-        for answer in answers:
-            typer.echo(json.dumps(answer, ensure_ascii=False))
+        questions, total = iter([prediction.question_from_flags(question or "",
+                                                                context or "")]), None
+    run = prediction.run_prediction(cfg, model_dir=model, questions=questions, total=total,
+                                    settings=settings, output_path=output,
+                                    on_bad_line=on_bad_line, source=f"questions {input}")
+    if run.is_main and run.skipped:
+        warn(prediction.skipped_summary(f"questions {input}", run.skipped))
 
 
 @app.command(name="report", help="Write a self-contained HTML report of one or more run "

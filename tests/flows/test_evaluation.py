@@ -17,7 +17,6 @@ from squadft.errors import DataError
 from squadft.evaluate.calibration import SCORE_KEYS
 from squadft.evaluate.gold import gold_from_squad
 from squadft.evaluate.scoring import score_files
-from squadft.flows.prediction import read_questions_jsonl
 from typer.testing import CliRunner
 
 from tests.conftest import DEV_SAMPLE
@@ -312,8 +311,8 @@ def test_predict_single_question(tiny_model_dir: Path) -> None:
     answered = runner.invoke(app, [*args, "--null-threshold", "1e9"])
     assert answered.exit_code == 0, answered.output
     record = json.loads(answered.stdout)
-    assert set(record) == {"id", "answer", "best_span", "null_score_diff",
-                           "no_answer_probability", "null_threshold"}
+    assert set(record) == {"id", "answer", "decision", "score", "null_score", "best_span",
+                           "null_score_diff", "no_answer_probability", "null_threshold"}
     assert record["null_threshold"] == 1e9
     assert record["answer"] and record["answer"] == record["best_span"]
     assert record["answer"] in CONTEXT
@@ -357,21 +356,6 @@ def test_predict_reports_bad_input_in_one_line(tiny_model_dir: Path, tmp_path: P
     empty = runner.invoke(app, ["predict", "--model", str(tiny_model_dir), "--question", " ",
                                 "--context", CONTEXT])
     assert empty.exit_code == 2 and "must not be empty" in empty.stderr
-
-
-def test_read_questions_jsonl_errors(tmp_path: Path) -> None:
-    path = tmp_path / "q.jsonl"
-    path.write_text("\n\n")
-    with pytest.raises(DataError, match="no questions"):
-        read_questions_jsonl(path)
-    path.write_text("{not json\n")
-    with pytest.raises(DataError, match="line 1: invalid JSON"):
-        read_questions_jsonl(path)
-    path.write_text(json.dumps({"question": "Q?", "context": "C"}) + "\n")
-    assert read_questions_jsonl(path)[0].id == "line-1"
-    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "a", "question": "Q?",
-                                                    "context": "C"}).encode() + b"\n")
-    assert read_questions_jsonl(path)[0].id == "a"  # a BOM before the first record is fine
 
 
 def test_predict_defaults_to_the_models_calibrated_threshold(tiny_model_dir: Path,

@@ -204,3 +204,36 @@ def test_the_margin_over_the_runner_up_is_paired_over_articles_and_says_when_it_
     single = Selection()
     single.record(_calibration(10.0, 2), 2)
     assert single.margin() is None and "within_noise" not in single.summary(2)
+
+
+def test_a_failed_held_out_evaluation_loses_no_training_and_is_redone_on_resume(
+    tiny_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held_out = ScriptedHeldOut({2: 30.0, 4: 50.0, 6: 40.0})
+    held_out.install(monkeypatch)
+    real = training.held_out_evaluator
+    failed: list[int] = []
+
+    def failing_once(cfg: Config, ctx: Any, data: Any) -> Any:
+        evaluate = real(cfg, ctx, data)
+
+        def run(model: Any, step: int) -> Any:
+            if step == 4 and not failed:
+                failed.append(step)
+                raise MemoryError("the evaluation ran out of memory")
+            return evaluate(model, step)
+        return run
+
+    monkeypatch.setattr(training, "held_out_evaluator", failing_once)
+    settings = tiny_settings(max_steps=6, eval_steps=2, save_total_limit=0)
+    out = Path(settings["output_dir"])
+    with pytest.raises(MemoryError):
+        training.train(Config(**settings))
+    assert held_out.calls == [2] and (out / "checkpoint-4" / "manifest.json").is_file()
+    result = training.train(Config(**settings))
+    assert result.resumed_from == str(out / "checkpoint-4")
+    assert held_out.calls == [2, 4, 6]  # step 4 evaluated first, nothing trained twice
+    assert result.selection["chosen_step"] == 4
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "heldout" in x] == [2, 4, 6]
+    assert [m["step"] for m in read_metrics(out)] == list(range(1, 7))

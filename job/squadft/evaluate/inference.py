@@ -87,14 +87,14 @@ def pad_windows(
     return batch
 
 
-def progress_bar(desc: str | None, total: int) -> Any:
+def progress_bar(desc: str | None, total: int | None, unit: str = "window") -> Any:
     """Rank 0's bar of windows on stderr, like training's (squadft.train.tracking): redrawn
     every second on a terminal, every 30 s in a log file; None without `desc`."""
     if desc is None:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="window", dynamic_ncols=True,
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True,
                 mininterval=1.0 if sys.stderr.isatty() else 30.0)
 
 

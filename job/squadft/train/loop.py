@@ -526,7 +526,17 @@ class Trainer:
             return False
         activity, watcher.activity = watcher.activity, "held-out evaluation"
         began = time.perf_counter()
-        result = self.held_out(self.model, step)
+        try:
+            result = self.held_out(self.model, step)
+        except Exception:
+            # a failed evaluation must not cost the steps since the last checkpoint: save them
+            # (one process; under DDP the others may wait in a collective), and the resume
+            # evaluates this step first
+            if not self.ctx.is_distributed and self.last_saved != step:
+                if self.window["steps"]:
+                    self.log()
+                self.checkpoint()
+            raise
         self.last_calibration = result.calibration
         self.model.train()
         watcher.activity = activity
@@ -549,6 +559,15 @@ class Trainer:
                     f"{best['step']}) by {cfg.early_stopping_threshold} points "
                     "(--early-stopping-patience)", err=True)
         return True
+
+    def redo_interrupted_evaluation(self, watcher: PreemptionWatcher) -> None:
+        """Resumed at an evaluation point whose evaluation failed: evaluate it now."""
+        step = self.state.step
+        if step > 0 and all(e["step"] != step for e in self.selection.history) \
+                and self.evaluate_held_out(watcher):
+            self.metrics.log_held_out(step, self.held_out_record or {})
+            self.held_out_record = None
+            self.checkpoint()
 
     def use_best_weights(self) -> None:
         """--select-best: load the best evaluated checkpoint's weights (rank 0 reads them,
@@ -593,6 +612,7 @@ class Trainer:
         start_time = self.window_start = time.perf_counter()
         start_step = state.step
         self.model.train()
+        self.redo_interrupted_evaluation(watcher)
         while state.step < self.total_steps and self.selection.stopped_early_at is None:
             try:
                 self.train_step(data)

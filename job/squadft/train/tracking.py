@@ -454,6 +454,15 @@ class MetricsLogger:
                                  tok_s=f"{record['tokens_per_s']:.0f}")
         self._each("log", record["step"], scalars)
 
+    def log_held_out(self, step: int, held_out: Mapping[str, Any]) -> None:
+        """A held-out evaluation without a training record of its step (one redone after a
+        resume): its line, and heldout/* where a tracker still takes points at that step."""
+        if not self.enabled:
+            return
+        self.jsonl.append({"step": step, "heldout": dict(held_out)})
+        self._each("log", step, {f"heldout/{k}": float(v) for k, v in held_out.items()
+                                 if isinstance(v, int | float)})
+
     def log_eval(self, step: int, metrics: Mapping[str, Any]) -> None:
         """The evaluation: its line in metrics.jsonl, and each tracker once per step and
         result (evaluating a finished run again with the same outcome adds no point)."""
