@@ -118,14 +118,19 @@ def test_a_broken_trial_file_is_a_note(tmp_path: Path, source_dir: Path) -> None
     page = path.read_text(encoding="utf-8")
     assert [run.label for run in runs] == ["trial-000 learning_rate=1e-05"]
     assert "trial-001 is done but not reported:" in page and "★ chosen" in page
-    # a state file that is no JSON object: no ranking, the runs still reported, a note
+    # a state file that is no JSON object: that trial's state is unknown, the others ranked
     (directory / "trial-001" / sweep.STATE_FILE).write_text("[1, 2]")
     path, runs = write_report([directory])
     page = path.read_text(encoding="utf-8")
+    assert [run.label for run in runs] == ["trial-000 learning_rate=1e-05"]
+    assert f"unknown ({sweep.STATE_FILE} is not an object)" in page
+    # one that is not JSON at all: no ranking, the runs still reported, a note
+    (directory / "trial-001" / sweep.STATE_FILE).write_text("{")
+    path, runs = write_report([directory])
+    page = path.read_text(encoding="utf-8")
     assert [run.label for run in runs] == ["trial-000"]
-    assert "the trials cannot be ranked (a trial file is not as squadft writes it: " \
-        "AttributeError:" in page and '<h2 id="trials">Trials</h2>' in page
-    assert '<table class="sweep">' not in page
+    assert "the trials cannot be ranked (" in page and sweep.STATE_FILE in page
+    assert '<h2 id="trials">Trials</h2>' in page and '<table class="sweep">' not in page
 
 
 def test_squadft_report_on_a_sweep_directory(sweep_dir: Path, tmp_path: Path) -> None:
