@@ -158,3 +158,26 @@ def test_worst_errors_show_both_kinds_of_squad2_error(evaluated_run: Path,
     assert "answered an unanswerable question" not in first
     assert second.count("<tr>") == 1 + DEFAULT_ERRORS
     assert second.count("answered an unanswerable question") == DEFAULT_ERRORS
+
+
+def test_the_metrics_table_shows_the_intervals_over_articles(tmp_path: Path,
+                                                            source_dir: Path) -> None:
+    import json
+
+    from squadft.report.page import write_report
+
+    from tests.report.builders import make_run
+
+    run_dir = make_run(tmp_path / "run", source_dir)
+    results = json.loads((run_dir / "eval_results.json").read_text())
+    results["ci95"] = {"articles": 4, "method": "bootstrap", "f1": [49.43, 57.92],
+                       "f1_minus_no_answer": [0.94, 6.1]}
+    (run_dir / "eval_results.json").write_text(json.dumps(results))
+    page = write_report([run_dir])[0].read_text(encoding="utf-8")
+    assert ("<tr><th>F1 95% interval (over articles)</th>"
+            '<td>[49.43, 57.92] (4 articles)</td></tr>') in page
+    assert "[0.94, 6.10] (4 articles)" in page
+    results["ci95"] = {"articles": 1, "method": "none: the questions come from one article"}
+    (run_dir / "eval_results.json").write_text(json.dumps(results))
+    page = write_report([run_dir])[0].read_text(encoding="utf-8")
+    assert "<tr><th>F1 95% interval (over articles)</th><td>—</td></tr>" in page

@@ -17,7 +17,7 @@ from squadft.console import say
 from squadft.errors import ConfigError
 from squadft.io import atomic_write_text
 from squadft.report import figures, tables
-from squadft.report.runs import Run, load_runs
+from squadft.report.runs import Run, is_number, load_runs
 from squadft.report.sweeps import Sweep, is_sweep, load_sweep, sweep_html
 
 REPORT_FILE = "report.html"
@@ -135,6 +135,16 @@ def _results_pair(run: Run, first: str, second: str) -> str:
     return f"{_result(run, first)} / {_result(run, second)}"
 
 
+def _interval(run: Run, key: str) -> str:
+    """ci95's bounds of `key` from eval_results.json; "—" without them (one article, or an
+    older run)."""
+    ci = run.evaluation.results.get("ci95") if run.evaluation is not None else None
+    bounds = ci.get(key) if isinstance(ci, dict) else None
+    if not (isinstance(bounds, list) and len(bounds) == 2 and all(map(is_number, bounds))):
+        return "—"
+    return f"[{bounds[0]:.2f}, {bounds[1]:.2f}] ({ci.get('articles')} articles)"
+
+
 def _metrics_rows(runs: Sequence[Run]) -> list[tuple[str, list[str]]]:
     return [  # (the status is the line above the table)
         ("steps (last logged)", [_last_logged(r, "step") for r in runs]),
@@ -147,6 +157,9 @@ def _metrics_rows(runs: Sequence[Run]) -> list[tuple[str, list[str]]]:
         ("HasAns EM / F1", [_results_pair(r, "HasAns_exact", "HasAns_f1") for r in runs]),
         ("NoAns EM / F1", [_results_pair(r, "NoAns_exact", "NoAns_f1") for r in runs]),
         ("always no answer F1", [_result(r, "always_no_answer_f1") for r in runs]),
+        ("F1 95% interval (over articles)", [_interval(r, "f1") for r in runs]),
+        ("F1 minus always no answer, 95% interval",
+         [_interval(r, "f1_minus_no_answer") for r in runs]),
         ("null threshold in effect", [_threshold_in_effect(r) for r in runs]),
         ("oracle best EM / F1 (tuned on these questions)",
          [_results_pair(r, "best_exact", "best_f1") for r in runs]),
