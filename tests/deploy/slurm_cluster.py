@@ -48,6 +48,16 @@ def wait_until(
         time.sleep(POLL_S)
 
 
+def sbatch_options(script: Path = TRAIN_SCRIPT) -> dict[str, str]:
+    """The `#SBATCH KEY=VALUE` header lines of a batch script."""
+    options = {}
+    for line in script.read_text().splitlines():
+        if line.startswith("#SBATCH "):
+            key, _, value = line.removeprefix("#SBATCH ").partition("=")
+            options[key] = value
+    return options
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -32,6 +32,7 @@ from tests.deploy.slurm_cluster import (
     job_fields,
     node_idle,
     run,
+    sbatch_options,
     submit,
     wait_until,
 )
@@ -55,15 +56,6 @@ def slurm() -> Iterator[LocalSlurm]:
             yield cluster
         finally:
             cluster.stop()
-
-
-def sbatch_header() -> dict[str, str]:
-    options = {}
-    for line in TRAIN_SCRIPT.read_text().splitlines():
-        if line.startswith("#SBATCH "):
-            key, _, value = line.removeprefix("#SBATCH ").partition("=")
-            options[key] = value
-    return options
 
 
 def finished(job_id: str) -> bool:
@@ -123,7 +115,7 @@ def test_shell_scripts_pass_shellcheck() -> None:
 
 
 def test_header_asks_for_the_preemption_contract() -> None:
-    header = sbatch_header()
+    header = sbatch_options()
     assert header["--ntasks-per-node"] == "1"  # one torchrun per node
     assert int(header["--gpus-per-node"]) >= 1
     assert int(header["--cpus-per-task"]) >= 1

@@ -31,6 +31,7 @@ from tests.deploy.slurm_cluster import (
     job_environment,
     job_fields,
     run,
+    sbatch_options,
     wait_until,
 )
 from tests.train.common import subprocess_env
@@ -57,15 +58,6 @@ def tiny_flags(sample_dir: Path, model_dir: Path, cache_dir: Path) -> list[str]:
             "--max-steps", "1", "--save-steps", "0", "--report-to", "none",
             # the test cluster's GPU is pretend: train on the CPU on purpose
             "--device", "cpu"]
-
-
-def sbatch_options(script: Path) -> dict[str, str]:
-    options = {}
-    for line in script.read_text().splitlines():
-        if line.startswith("#SBATCH "):
-            key, _, value = line.removeprefix("#SBATCH ").partition("=")
-            options[key] = value
-    return options
 
 
 def assert_trained(trial_dir: Path) -> float:

@@ -83,17 +83,23 @@ def test_two_process_ddp_matches_one_process(tiny_settings: Any, tmp_path: Path,
         "rng_state_0.pt", "rng_state_1.pt"]
 
 
+def run_worker(settings: dict[str, Any], dump: Path, timeout: float = 180,
+               **env: str) -> subprocess.CompletedProcess[str]:
+    """tests/train/ddp_worker.py on 2 gloo ranks under torchrun, with its hook variables."""
+    dump.mkdir()
+    return run([*TORCHRUN, "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "tests/train/ddp_worker.py",
+                json.dumps(settings), str(dump)], timeout=timeout,
+               env=subprocess_env(**GLOO_ENV, **env))
+
+
 def test_a_nan_loss_on_one_rank_skips_the_step_on_every_rank(tiny_settings: Any,
                                                            tmp_path: Path) -> None:
     """Rank 1's loss is NaN at step 3, rank 0's is finite: both ranks skip that update (the
     decision is taken on the all-reduced gradient norm), so the replicas stay identical."""
     settings = tiny_settings("nan-ddp", max_steps=6, batch_size=4, logging_steps=3)
     dump = tmp_path / "dump"
-    dump.mkdir()
-    done = run([*TORCHRUN, "--nproc-per-node", "2", "--rdzv-backend", "c10d",
-                "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "tests/train/ddp_worker.py",
-                json.dumps(settings), str(dump)],
-               env=subprocess_env(**GLOO_ENV, DDP_WORKER_NAN_AT="1:3"))
+    done = run_worker(settings, dump, DDP_WORKER_NAN_AT="1:3")
     assert done.returncode == 0, done.stderr[-3000:]
     outcomes = [json.loads((dump / f"outcome-{r}.json").read_text()) for r in (0, 1)]
     assert outcomes == [{"steps": 6, "skipped_steps": 1}] * 2
@@ -114,11 +120,7 @@ def test_every_rank_takes_the_same_held_out_decisions(tiny_settings: Any,
     settings = tiny_settings("ddp-select", max_steps=12, eval_steps=2, batch_size=4,
                              early_stopping_patience=2, save_total_limit=1)
     dump = tmp_path / "dump"
-    dump.mkdir()
-    done = run([*TORCHRUN, "--nproc-per-node", "2", "--rdzv-backend", "c10d",
-                "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "tests/train/ddp_worker.py",
-                json.dumps(settings), str(dump)],
-               env=subprocess_env(**GLOO_ENV, DDP_WORKER_HELD_OUT_F1="30,50,40,35"))
+    done = run_worker(settings, dump, DDP_WORKER_HELD_OUT_F1="30,50,40,35")
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = (json.loads((dump / f"outcome-{r}.json").read_text()) for r in (0, 1))
     assert rank0["calibrations"] == [1, 2, 3, 4] and rank1["calibrations"] == []
@@ -146,12 +148,8 @@ def test_an_unreadable_best_checkpoint_fails_every_rank_with_the_same_error(
     StorageError (exit 5), none is left waiting in the broadcast or dies of a lost peer."""
     settings = tiny_settings("ddp-lost-best", max_steps=4, eval_steps=2, batch_size=4)
     dump = tmp_path / "dump"
-    dump.mkdir()
-    done = run([*TORCHRUN, "--nproc-per-node", "2", "--rdzv-backend", "c10d",
-                "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "tests/train/ddp_worker.py",
-                json.dumps(settings), str(dump)], timeout=120,
-               env=subprocess_env(**GLOO_ENV, DDP_WORKER_HELD_OUT_F1="50,40",
-                                  DDP_WORKER_LOSE_BEST="1"))
+    done = run_worker(settings, dump, timeout=120, DDP_WORKER_HELD_OUT_F1="50,40",
+                      DDP_WORKER_LOSE_BEST="1")
     assert done.returncode != 0
     assert (dump / "outcome-1.json").is_file(), done.stderr[-3000:]
     outcomes = [json.loads((dump / f"outcome-{r}.json").read_text()) for r in (0, 1)]
