@@ -45,6 +45,7 @@ from squadft.runtime.distributed import (
 )
 from squadft.runtime.precision import autocast, resolve_precision
 from squadft.runtime.preemption import PreemptionWatcher, signal_name
+from squadft.storage.manifest import MANIFEST_NAME
 from squadft.train.batching import BatchDataset, BatchSampler, batch_summary
 from squadft.train.checkpoint import (
     RemoteFinder,
@@ -593,7 +594,7 @@ class Trainer:
     def _read_best_weights(self, best: int) -> dict[str, torch.Tensor]:
         """Rank 0: checkpoint-<best>'s weights, from the bucket if the disk lacks them."""
         path = self.output_dir / f"checkpoint-{best}"
-        if not (path / "manifest.json").is_file() and self.remote_finder and self.cfg.s3_uri:
+        if not (path / MANIFEST_NAME).is_file() and self.remote_finder and self.cfg.s3_uri:
             path = self.remote_finder(f"{self.cfg.s3_uri.rstrip('/')}/checkpoint-{best}",
                                       None) or path
         try:
